@@ -1,0 +1,19 @@
+"""meshlib: a service mesh as a Python library.
+
+Istio routing, mTLS with rotating SPIFFE certificates, retries, timeouts, connection-pool limits,
+outlier detection, fault injection, authorization and telemetry for httpx and grpcio clients and
+ASGI/WSGI/gRPC servers, configured with Istio YAML, with no sidecar.
+"""
+
+from __future__ import annotations
+
+from meshlib.errors import ConfigError, IdentityError, MeshError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "IdentityError",
+    "MeshError",
+    "__version__",
+]

@@ -1,0 +1,80 @@
+"""The vocabulary between a flow and a driver.
+
+A flow is a generator that yields commands; the driver performs each one and sends back what
+happened (an Outcome for ``Send``, ``None`` for the others).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from meshlib._model.endpoint import Endpoint
+from meshlib._model.outcome import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of a request against one endpoint."""
+
+    endpoint: Endpoint
+    number: int
+    """1-based; sent upstream as ``x-envoy-attempt-count``."""
+    timeout: float | None
+    """Seconds this try may take before response headers (per-try and overall, the earlier)."""
+    set_headers: Sequence[tuple[str, str]] = ()
+    """Headers to set (overwrite) on the upstream request."""
+    add_headers: Sequence[tuple[str, str]] = ()
+    remove_headers: Sequence[str] = ()
+    path: str | None = None
+    """Rewritten request target, or ``None`` to keep the caller's."""
+    authority: str | None = None
+    """Rewritten ``:authority``/Host, or ``None`` to keep the caller's."""
+    cluster: str = ""
+    """Envoy-style cluster name: ``outbound|<port>|<subset>|<fqdn>``."""
+    tls: bool = False
+    """Whether to use mesh mTLS towards this endpoint."""
+    expected_peers: frozenset[str] = frozenset()
+    """SPIFFE IDs the server may present; empty means any ID of the trust domain."""
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A local answer that never reached an upstream (or replaced its answer)."""
+
+    status: int
+    body: str = ""
+    flags: tuple[str, ...] = ()
+    """Envoy response flags, e.g. ``("UO",)``, ``("UF", "URX")``."""
+    headers: Sequence[tuple[str, str]] = ()
+    grpc_status: int | None = None
+    """For gRPC calls: the status to end the call with (HTTP status is then 200)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Hand the upstream response to the caller.
+
+    ``complete`` must be called exactly once, when the response stream ends or is closed,
+    with the final outcome (for gRPC, the status from trailers).
+    """
+
+    outcome: Outcome
+    complete: Callable[[Outcome], None]
+    flags: tuple[str, ...] = ()
+    response_headers_set: Sequence[tuple[str, str]] = field(default=())
+    response_headers_add: Sequence[tuple[str, str]] = field(default=())
+    response_headers_remove: Sequence[str] = field(default=())
+
+
+Command = Send | Sleep | Reply | Deliver

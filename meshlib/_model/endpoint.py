@@ -1,0 +1,27 @@
+"""An upstream address that a destination can pick."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: str
+    port: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    weight: int = 1
+    locality: str = ""
+    """``region/zone/subzone``, empty when unknown."""
+    service_account: str | None = None
+    """Expected peer SPIFFE ID or principal for mTLS, when the config names one."""
+    network: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
