@@ -7,13 +7,18 @@ ASGI/WSGI/gRPC servers, configured with Istio YAML, with no sidecar.
 
 from __future__ import annotations
 
+from meshlib._breaker import CircuitBreaker, CircuitOpenError, breakers, circuit_breaker
 from meshlib.errors import ConfigError, IdentityError, MeshError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CircuitBreaker",
+    "CircuitOpenError",
     "ConfigError",
     "IdentityError",
     "MeshError",
     "__version__",
+    "breakers",
+    "circuit_breaker",
 ]
