@@ -1,0 +1,319 @@
+"""Per-destination shared state: in-flight counts, ejections, balancer cursors.
+
+One ``ClusterState`` per Envoy cluster (host, subset, port). Every method takes the one
+``threading.Lock`` for a few microseconds and never across I/O, so sync clients on many
+threads and async clients on one loop share it safely. Wake-ups of waiting requests run
+after the lock is released.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshlib._model.endpoint import Endpoint
+from meshlib._model.outcome import Classification
+from meshlib._model.runtime import Random
+from meshlib._policy.balancing import (
+    ActiveCounts,
+    Balancer,
+    LoadBalancer,
+    choose_priority,
+    locality_priorities,
+    make_balancer,
+    priority_loads,
+)
+from meshlib._policy.limits import Admission, ConnectionPool, Limiter, RetryBudget
+from meshlib._policy.outliers import OutlierDetection, OutlierDetector
+
+
+class ClusterPolicy(Protocol):
+    """What a cluster needs of a resolved traffic policy (``_policy.traffic.ResolvedPolicy``)."""
+
+    @property
+    def connection_pool(self) -> ConnectionPool: ...
+    @property
+    def outlier_detection(self) -> OutlierDetection | None: ...
+    @property
+    def load_balancer(self) -> LoadBalancer: ...
+    @property
+    def retry_budget(self) -> RetryBudget | None: ...
+
+
+class Waiter:
+    """A queued request's place in line. ``admitted`` turns True when it is handed a slot."""
+
+    __slots__ = ("admitted", "wake")
+
+    def __init__(self, wake: Callable[[], object]) -> None:
+        self.wake = wake
+        self.admitted = False
+
+
+class ClusterState:
+    """Limits, outlier detection and load balancing of one cluster, behind one lock.
+
+    Driver protocol for one attempt::
+
+        admission = cluster.admit()
+        if admission is Admission.OVERFLOW: reply 503 UO
+        if admission is Admission.QUEUED:
+            waiter = cluster.wait_for_slot(event.set)       # or a loop-safe future setter
+            if not waiter.admitted and not wait(event, timeout) and cluster.cancel_wait(waiter):
+                reply 503 (gave up waiting)
+        try:
+            endpoint = cluster.pick(rng, hash_key, tried, now)   # None: 503 UH
+            cluster.start(endpoint); ... send ...; cluster.finish(endpoint)
+            cluster.record(endpoint, classification, status, now)
+        finally:
+            cluster.release()
+    """
+
+    __slots__ = (
+        "_balancers",
+        "_detector",
+        "_level_cache",
+        "_levels",
+        "_limiter",
+        "_lock",
+        "_waiters",
+        "endpoints",
+        "local_locality",
+        "multiplexed",
+        "policy",
+    )
+
+    def __init__(
+        self,
+        policy: ClusterPolicy,
+        endpoints: Sequence[Endpoint],
+        *,
+        local_locality: str = "",
+        multiplexed: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
+        self.local_locality = local_locality
+        self.multiplexed = multiplexed
+        self._lock = threading.Lock()
+        self._limiter = Limiter(
+            policy.connection_pool, policy.retry_budget, multiplexed=multiplexed
+        )
+        self._waiters: deque[Waiter] = deque()
+        od = policy.outlier_detection
+        self._detector = None if od is None else OutlierDetector(od, self.endpoints)
+        locality = policy.load_balancer.locality
+        # Istio programs locality failover only when outlier detection is configured.
+        prioritised = od is not None and (locality is None or locality.enabled)
+        self._levels: tuple[tuple[Endpoint, ...], ...] = (
+            locality_priorities(self.endpoints, local_locality)
+            if prioritised and local_locality
+            else (self.endpoints,)
+        )
+        self._level_cache: tuple[int, tuple[Sequence[Endpoint], ...]] | None = None
+        active: ActiveCounts = {}
+        self._balancers: tuple[Balancer, ...] = tuple(
+            make_balancer(policy.load_balancer, level, active=active) for level in self._levels
+        )
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def admit(self) -> Admission:
+        with self._lock:
+            return self._limiter.try_acquire_request()
+
+    def wait_for_slot(self, wake: Callable[[], object]) -> Waiter:
+        """After ``QUEUED``: join the line. ``wake`` is called (outside the lock, maybe from
+        another thread) when the slot is handed over; check ``admitted`` first — it may
+        already be True, and then ``wake`` is not called."""
+        waiter = Waiter(wake)
+        with self._lock:
+            if not self._waiters and self._limiter.promote():
+                waiter.admitted = True
+            else:
+                self._waiters.append(waiter)
+        return waiter
+
+    def cancel_wait(self, waiter: Waiter) -> bool:
+        """Give up waiting. False if the slot was handed over meanwhile: then the request is
+        admitted after all and must ``release()``."""
+        with self._lock:
+            if waiter.admitted:
+                return False
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:  # pragma: no cover - admitted is set under the same lock
+                return False
+            self._limiter.abandon()
+            return True
+
+    def release(self) -> None:
+        """An admitted request ended (success, failure or cancellation)."""
+        woken: Waiter | None = None
+        with self._lock:
+            if self._limiter.release_request() and self._waiters and self._limiter.promote():
+                woken = self._waiters.popleft()
+                woken.admitted = True
+        if woken is not None:
+            woken.wake()
+
+    def try_acquire_retry(self) -> bool:
+        with self._lock:
+            return self._limiter.try_acquire_retry()
+
+    def release_retry(self) -> None:
+        with self._lock:
+            self._limiter.release_retry()
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    def pick(
+        self,
+        rng: Random,
+        hash_key: int | None = None,
+        exclude: Collection[Endpoint] = (),
+        now: float = 0.0,
+    ) -> Endpoint | None:
+        """A non-ejected endpoint (all of them in panic), closest locality first; None: 503 UH."""
+        with self._lock:
+            detector = self._detector
+            levels = self._levels
+            if detector is None:
+                return self._balancers[0].pick(levels[0], rng, hash_key=hash_key, exclude=exclude)
+            everyone = detector.healthy(self.endpoints, now)
+            if len(levels) == 1:
+                return self._balancers[0].pick(everyone, rng, hash_key=hash_key, exclude=exclude)
+            if not everyone:
+                return None
+            if everyone is self.endpoints:
+                healthy: Sequence[Sequence[Endpoint]] = levels  # nothing ejected, or panic
+            else:
+                healthy = self._healthy_levels(detector, now)
+            loads = priority_loads([len(h) for h in healthy], [len(level) for level in levels])
+            index = choose_priority(loads, rng)
+            return self._balancers[index].pick(
+                healthy[index], rng, hash_key=hash_key, exclude=exclude
+            )
+
+    def _healthy_levels(
+        self, detector: OutlierDetector, now: float
+    ) -> tuple[Sequence[Endpoint], ...]:
+        # Cached per ejection version: balancers then see the same sequences and keep state.
+        cached = self._level_cache
+        if cached is not None and cached[0] == detector.version:
+            return cached[1]
+        ejected = {endpoint.key for endpoint, _ in detector.ejected()}
+        result = tuple(
+            tuple(e for e in level if e.key not in ejected) if ejected else level
+            for level in self._levels
+        )
+        self._level_cache = (detector.version, result)
+        return result
+
+    def record(
+        self, endpoint: Endpoint, classification: Classification, status: int, now: float
+    ) -> bool:
+        """Feed outlier detection; True when this result ejected the endpoint."""
+        detector = self._detector
+        if detector is None:
+            return False
+        with self._lock:
+            return detector.record(endpoint, classification, status, now)
+
+    def start(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            self._balancers[0].on_start(endpoint)  # the balancers share their load counts
+
+    def finish(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            self._balancers[0].on_end(endpoint)
+
+    # -- metrics and explain -------------------------------------------------------------------
+
+    @property
+    def limiter(self) -> Limiter:
+        """Counters (read without the lock: a slightly stale number is fine for metrics)."""
+        return self._limiter
+
+    @property
+    def detector(self) -> OutlierDetector | None:
+        return self._detector
+
+    def ejected(self) -> list[tuple[Endpoint, float]]:
+        if self._detector is None:
+            return []
+        with self._lock:
+            return self._detector.ejected()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """What a configuration generation says about one cluster."""
+
+    policy: ClusterPolicy
+    endpoints: tuple[Endpoint, ...]
+    local_locality: str = ""
+    multiplexed: bool = False
+
+    def build(self) -> ClusterState:
+        return ClusterState(
+            self.policy,
+            self.endpoints,
+            local_locality=self.local_locality,
+            multiplexed=self.multiplexed,
+        )
+
+
+class ClusterRegistry:
+    """Cluster key → ``ClusterState``, kept across reloads when nothing about it changed.
+
+    Keys are the caller's (e.g. ``(host, subset, port)``). ``get`` reads one dict reference
+    without locking; ``rebuild`` and ``get_or_create`` swap in a new dict under a lock.
+    """
+
+    __slots__ = ("_entries", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: Mapping[Hashable, tuple[ClusterSpec, ClusterState]] = {}
+
+    def get(self, key: Hashable) -> ClusterState | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def get_or_create(self, key: Hashable, spec: ClusterSpec) -> ClusterState:
+        """For clusters discovered on first use (hosts resolved by DNS, no ServiceEntry)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or not _same(entry[0], spec):
+                entry = (spec, spec.build())
+                self._entries = {**self._entries, key: entry}
+            return entry[1]
+
+    def rebuild(self, specs: Mapping[Hashable, ClusterSpec]) -> None:
+        """Adopt a new generation: equal specs keep their state (counters, ejections, load)."""
+        with self._lock:
+            old = self._entries
+            fresh: dict[Hashable, tuple[ClusterSpec, ClusterState]] = {}
+            for key, spec in specs.items():
+                entry = old.get(key)
+                fresh[key] = (
+                    entry if entry is not None and _same(entry[0], spec) else (spec, spec.build())
+                )
+            self._entries = fresh
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self._entries)
+
+    def items(self) -> list[tuple[Hashable, ClusterState]]:
+        return [(key, entry[1]) for key, entry in self._entries.items()]
+
+
+def _same(old: ClusterSpec, new: ClusterSpec) -> bool:
+    return old is new or old == new

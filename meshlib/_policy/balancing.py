@@ -1,0 +1,595 @@
+"""DestinationRule ``loadBalancer`` settings."""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from itertools import accumulate
+from urllib.parse import unquote
+
+from meshlib._model.call import Call
+from meshlib._model.endpoint import Endpoint
+from meshlib._model.runtime import Random
+
+DEFAULT_MINIMUM_RING_SIZE = 1024
+DEFAULT_MAGLEV_TABLE_SIZE = 65537
+
+
+class Simple(enum.Enum):
+    LEAST_REQUEST = "LEAST_REQUEST"
+    """Istio's default (``UNSPECIFIED`` and ``LEAST_CONN`` compile to this)."""
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+    PASSTHROUGH = "PASSTHROUGH"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistentHash:
+    http_header_name: str | None = None
+    http_cookie_name: str | None = None
+    http_cookie_path: str | None = None
+    http_cookie_ttl: float | None = None
+    use_source_ip: bool = False
+    http_query_parameter_name: str | None = None
+    maglev: bool = False
+    """Ring hash (default) or maglev."""
+    minimum_ring_size: int = DEFAULT_MINIMUM_RING_SIZE
+    maglev_table_size: int = DEFAULT_MAGLEV_TABLE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class LocalitySetting:
+    enabled: bool = True
+    distribute: tuple[tuple[str, Mapping[str, int]], ...] = ()
+    failover: tuple[tuple[str, str], ...] = ()
+    failover_priority: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Warmup:
+    duration: float
+    minimum_percent: float = 10.0
+    aggression: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    simple: Simple = Simple.LEAST_REQUEST
+    consistent_hash: ConsistentHash | None = None
+    locality: LocalitySetting | None = None
+    warmup: Warmup | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+
+DEFAULT_LOAD_BALANCER = LoadBalancer()
+
+
+# --------------------------------------------------------------------------------------------
+# Balancers: the verbs. Pure and synchronous; ``ClusterState`` serialises calls with its lock.
+
+MAX_HOST_SELECTION_ATTEMPTS = 5
+"""Istio's ``host_selection_retry_max_attempts`` for ``retryIgnorePreviousHosts``."""
+DEFAULT_ACTIVE_REQUEST_BIAS = 1.0
+"""Envoy's ``active_request_bias`` (Istio does not expose it)."""
+P2C_CHOICE_COUNT = 2
+MAXIMUM_RING_SIZE = 8 * 1024 * 1024
+"""Envoy's default ``maximum_ring_size``."""
+LOCALITY_OVERPROVISIONING_FACTOR = 1.4
+"""Envoy's default: a priority keeps all its traffic down to 71 % healthy endpoints."""
+
+_HASH_SPACE = 1 << 64
+ActiveCounts = dict[tuple[str, int], int]
+
+
+def hash64(data: bytes, salt: bytes = b"") -> int:
+    """A stable 64-bit hash (not Envoy's xxHash: byte-exact compatibility is not a goal)."""
+    return int.from_bytes(blake2b(data, digest_size=8, salt=salt).digest(), "big")
+
+
+class Balancer:
+    """Picks one endpoint of a destination per attempt.
+
+    ``candidates`` are the endpoints the caller allows now (healthy, this priority). Pass the
+    same sequence object while it is unchanged: structures built for it (EDF heaps, rings)
+    are cached by identity and rebuilt only when it changes.
+    """
+
+    __slots__ = ("_active", "_members", "_seq")
+
+    def __init__(self, active: ActiveCounts | None = None) -> None:
+        # Shared between the balancers of one cluster (one per locality priority).
+        self._active: ActiveCounts = {} if active is None else active
+        self._seq: Sequence[Endpoint] | None = None
+        self._members: tuple[Endpoint, ...] = ()
+
+    def pick(
+        self,
+        candidates: Sequence[Endpoint],
+        rng: Random,
+        *,
+        hash_key: int | None = None,
+        exclude: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        """An endpoint, preferring ones not in ``exclude`` (up to five picks, like Envoy)."""
+        if not candidates:
+            return None
+        if candidates is not self._seq:
+            self._refresh(candidates)
+        chosen = self._pick_one(candidates, rng, hash_key)
+        if exclude:
+            attempts = 1
+            while chosen in exclude and attempts < MAX_HOST_SELECTION_ATTEMPTS:
+                chosen = self._pick_one(candidates, rng, hash_key)
+                attempts += 1
+        return chosen
+
+    def on_start(self, endpoint: Endpoint) -> None:
+        """A request to ``endpoint`` started (least-request load)."""
+        key = endpoint.key
+        self._active[key] = self._active.get(key, 0) + 1
+
+    def on_end(self, endpoint: Endpoint) -> None:
+        key = endpoint.key
+        count = self._active.get(key, 0) - 1
+        if count > 0:
+            self._active[key] = count
+        else:
+            self._active.pop(key, None)
+
+    def active(self, endpoint: Endpoint) -> int:
+        return self._active.get(endpoint.key, 0)
+
+    def _refresh(self, candidates: Sequence[Endpoint]) -> None:
+        members = tuple(candidates)
+        self._seq = candidates
+        if members != self._members:
+            self._members = members
+            self._rebuild(members)
+
+    def _rebuild(self, members: tuple[Endpoint, ...]) -> None:  # pragma: no cover - abstract
+        pass
+
+    def _pick_one(
+        self, candidates: Sequence[Endpoint], rng: Random, hash_key: int | None
+    ) -> Endpoint:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _equal_weights(members: Sequence[Endpoint]) -> bool:
+    first = members[0].weight
+    return all(member.weight == first for member in members)
+
+
+class _Edf:
+    """Earliest-deadline-first scheduler: each pick advances the winner by 1/weight. O(log n)."""
+
+    __slots__ = ("_heap", "_order")
+
+    def __init__(self, weights: Sequence[float], rng: Random) -> None:
+        self._heap = [(1.0 / weight, index, index) for index, weight in enumerate(weights)]
+        heapq.heapify(self._heap)
+        self._order = len(weights)
+        # A random number of warm-up picks, so that clients do not all start on the same host.
+        for _ in range(rng.randrange(len(weights))):
+            self.pop_push(weights)
+
+    def pop_push(self, weights: Sequence[float]) -> int:
+        deadline, _, index = self._heap[0]
+        self._order += 1
+        heapq.heapreplace(self._heap, (deadline + 1.0 / weights[index], self._order, index))
+        return index
+
+    def next_with(self, weight: float) -> int:
+        deadline, _, index = self._heap[0]
+        self._order += 1
+        heapq.heapreplace(self._heap, (deadline + 1.0 / weight, self._order, index))
+        return index
+
+    def peek(self) -> int:
+        return self._heap[0][2]
+
+
+class RoundRobinBalancer(Balancer):
+    """Equal weights: rotation from a random start. Unequal: EDF (smooth weighted rotation)."""
+
+    __slots__ = ("_cursor", "_edf", "_weights")
+
+    def __init__(self, active: ActiveCounts | None = None) -> None:
+        super().__init__(active)
+        self._cursor = -1
+        self._edf: _Edf | None = None
+        self._weights: tuple[float, ...] = ()
+        """Empty when all weights are equal."""
+
+    def _rebuild(self, members: tuple[Endpoint, ...]) -> None:
+        self._edf = None
+        equal = _equal_weights(members)
+        self._weights = () if equal else tuple(float(member.weight) for member in members)
+
+    def _pick_one(
+        self, candidates: Sequence[Endpoint], rng: Random, hash_key: int | None
+    ) -> Endpoint:
+        if self._weights:
+            if self._edf is None:
+                self._edf = _Edf(self._weights, rng)
+            return candidates[self._edf.pop_push(self._weights)]
+        if self._cursor < 0:
+            self._cursor = rng.randrange(len(candidates))
+        else:
+            self._cursor += 1
+        return candidates[self._cursor % len(candidates)]
+
+
+class LeastRequestBalancer(Balancer):
+    """Equal weights: power of two choices on active requests. Unequal: EDF on w/(active+1)^bias."""
+
+    __slots__ = ("_bias", "_edf", "_weighted")
+
+    def __init__(
+        self, active: ActiveCounts | None = None, bias: float = DEFAULT_ACTIVE_REQUEST_BIAS
+    ) -> None:
+        super().__init__(active)
+        self._bias = bias
+        self._edf: _Edf | None = None
+        self._weighted = False
+
+    def _rebuild(self, members: tuple[Endpoint, ...]) -> None:
+        self._edf = None
+        self._weighted = not _equal_weights(members)
+
+    def _pick_one(
+        self, candidates: Sequence[Endpoint], rng: Random, hash_key: int | None
+    ) -> Endpoint:
+        active = self._active
+        if not self._weighted:
+            count = len(candidates)
+            best = candidates[rng.randrange(count)]
+            best_load = active.get(best.key, 0)
+            for _ in range(P2C_CHOICE_COUNT - 1):
+                other = candidates[rng.randrange(count)]
+                load = active.get(other.key, 0)
+                if load < best_load:  # a tie keeps the first sample, as Envoy does
+                    best, best_load = other, load
+            return best
+        if self._edf is None:
+            self._edf = _Edf([float(member.weight) for member in candidates], rng)
+        chosen = candidates[self._edf.peek()]
+        # The winner goes back with the weight its load gives it now (Envoy recomputes on insert;
+        # this request's own start is not counted yet, as in Envoy).
+        weight = chosen.weight / (active.get(chosen.key, 0) + 1) ** self._bias
+        self._edf.next_with(weight)
+        return chosen
+
+
+class RandomBalancer(Balancer):
+    """Uniform, or proportional to weight (prefix sums + bisection, O(log n))."""
+
+    __slots__ = ("_cumulative",)
+
+    def __init__(self, active: ActiveCounts | None = None) -> None:
+        super().__init__(active)
+        self._cumulative: list[int] = []
+
+    def _rebuild(self, members: tuple[Endpoint, ...]) -> None:
+        self._cumulative = (
+            [] if _equal_weights(members) else list(accumulate(m.weight for m in members))
+        )
+
+    def _pick_one(
+        self, candidates: Sequence[Endpoint], rng: Random, hash_key: int | None
+    ) -> Endpoint:
+        if not self._cumulative:
+            return candidates[rng.randrange(len(candidates))]
+        return candidates[bisect_right(self._cumulative, rng.randrange(self._cumulative[-1]))]
+
+
+class _HashBalancer(Balancer):
+    """Shared by ring hash and maglev.
+
+    The lookup structure is built over every endpoint of the destination once; endpoints that
+    are not candidates now (ejected, other priority, excluded by a retry) are skipped by walking
+    forward from the hashed slot. For the ring this is exactly what rebuilding without them
+    gives (Envoy rebuilds); for maglev it moves only the keys of the missing hosts, and it
+    keeps an ejection from costing a table rebuild under the cluster lock.
+    """
+
+    __slots__ = ("_allowed", "_owners", "_universe", "_universe_keys")
+
+    def __init__(self, endpoints: Sequence[Endpoint], active: ActiveCounts | None = None) -> None:
+        super().__init__(active)
+        self._universe: tuple[Endpoint, ...] = ()
+        self._universe_keys: dict[tuple[str, int], int] = {}
+        self._owners: list[int] = []
+        self._allowed: frozenset[int] | None = None
+        if endpoints:
+            self._build_universe(tuple(endpoints))
+
+    def _build_universe(self, endpoints: tuple[Endpoint, ...]) -> None:
+        self._universe = endpoints
+        self._universe_keys = {endpoint.key: index for index, endpoint in enumerate(endpoints)}
+        self._build_table(endpoints)
+
+    def _build_table(self, endpoints: tuple[Endpoint, ...]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _rebuild(self, members: tuple[Endpoint, ...]) -> None:
+        keys = self._universe_keys
+        indexes: list[int] = []
+        for member in members:
+            index = keys.get(member.key)
+            if index is None or self._universe[index] != member:
+                # An endpoint the table does not know: the candidates become the universe.
+                self._build_universe(members)
+                self._allowed = None
+                return
+            indexes.append(index)
+        self._allowed = None if len(members) == len(self._universe) else frozenset(indexes)
+
+    def _slot(self, hash_value: int) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pick(
+        self,
+        candidates: Sequence[Endpoint],
+        rng: Random,
+        *,
+        hash_key: int | None = None,
+        exclude: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        if not candidates:
+            return None
+        if candidates is not self._seq:
+            self._refresh(candidates)
+        allowed = self._allowed
+        if exclude:
+            # Re-picking is useless for a deterministic hash: walk past excluded hosts instead,
+            # unless they are all the candidates there are.
+            universe = self._universe
+            pool = range(len(universe)) if allowed is None else allowed
+            narrowed = frozenset(i for i in pool if universe[i] not in exclude)
+            if narrowed:
+                allowed = narrowed
+        # No key (header absent...): a random point, so the spread follows the weights.
+        point = int(rng.random() * _HASH_SPACE) if hash_key is None else hash_key
+        slot = self._slot(point)
+        owners = self._owners
+        if allowed is None:
+            return self._universe[owners[slot]]
+        size = len(owners)
+        for step in range(size):
+            owner = owners[(slot + step) % size]
+            if owner in allowed:
+                return self._universe[owner]
+        raise AssertionError("unreachable: every host owns a slot")  # pragma: no cover
+
+
+class RingHashBalancer(_HashBalancer):
+    """Ketama-style ring: entries proportional to weight, at least ``minimum_ring_size``."""
+
+    __slots__ = ("_hashes", "_minimum_ring_size")
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        minimum_ring_size: int = DEFAULT_MINIMUM_RING_SIZE,
+        active: ActiveCounts | None = None,
+    ) -> None:
+        self._minimum_ring_size = max(1, minimum_ring_size)
+        self._hashes: list[int] = []
+        super().__init__(endpoints, active)
+
+    @property
+    def ring_size(self) -> int:
+        return len(self._hashes)
+
+    def _build_table(self, endpoints: tuple[Endpoint, ...]) -> None:
+        total = sum(endpoint.weight for endpoint in endpoints)
+        shares = [endpoint.weight / total for endpoint in endpoints]
+        smallest = min(shares)
+        # Replicas per host depend on the lightest share rounded up to a power of two, not on
+        # the exact host count: adding a host then rarely changes the others' replicas, so
+        # only about 1/N of the keys move (Envoy's exact sizing moves ~1.5× more).
+        unit = 1 << (math.ceil(self._minimum_ring_size * smallest - 1e-9) - 1).bit_length()
+        per_share = min(unit / smallest, MAXIMUM_RING_SIZE)
+        entries: list[tuple[int, int]] = []
+        for index, (endpoint, share) in enumerate(zip(endpoints, shares, strict=True)):
+            name = str(endpoint).encode()
+            for replica in range(max(1, round(per_share * share))):
+                entries.append((hash64(name + b"_" + str(replica).encode()), index))
+        entries.sort()
+        self._hashes = [entry[0] for entry in entries]
+        self._owners = [entry[1] for entry in entries]
+
+    def _slot(self, hash_value: int) -> int:
+        slot = bisect_left(self._hashes, hash_value)
+        return 0 if slot == len(self._hashes) else slot
+
+
+class MaglevBalancer(_HashBalancer):
+    """Maglev lookup table (prime size): near-equal shares, small disruption on host changes."""
+
+    __slots__ = ("_table_size",)
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        table_size: int = DEFAULT_MAGLEV_TABLE_SIZE,
+        active: ActiveCounts | None = None,
+    ) -> None:
+        self._table_size = table_size
+        super().__init__(endpoints, active)
+
+    def _build_table(self, endpoints: tuple[Endpoint, ...]) -> None:
+        size = self._table_size
+        offsets: list[int] = []
+        skips: list[int] = []
+        for endpoint in endpoints:
+            name = str(endpoint).encode()
+            offsets.append(hash64(name) % size)
+            skips.append(hash64(name, salt=b"skip") % (size - 1) + 1)
+        heaviest = max(endpoint.weight for endpoint in endpoints)
+        shares = [endpoint.weight / heaviest for endpoint in endpoints]
+        targets = [0.0] * len(endpoints)
+        nexts = [0] * len(endpoints)
+        table = [-1] * size
+        filled = 0
+        iteration = 0
+        # Weighted Maglev: a host takes a turn each round its accumulated share allows.
+        while True:
+            iteration += 1
+            for index in range(len(endpoints)):
+                if iteration * shares[index] < targets[index]:
+                    continue
+                targets[index] += 1.0
+                offset, skip, position = offsets[index], skips[index], nexts[index]
+                slot = (offset + skip * position) % size
+                while table[slot] >= 0:
+                    position += 1
+                    slot = (offset + skip * position) % size
+                table[slot] = index
+                nexts[index] = position + 1
+                filled += 1
+                if filled == size:
+                    self._owners = table
+                    return
+
+    def _slot(self, hash_value: int) -> int:
+        return hash_value % self._table_size
+
+
+# --------------------------------------------------------------------------------------------
+# Consistent-hash keys
+
+
+def hash_key_for(
+    consistent_hash: ConsistentHash, call: Call, *, source_ip: str | None = None
+) -> int | None:
+    """The request's hash key, or ``None`` when it has none (the balancer then picks at random).
+
+    ``source_ip`` is this workload's own address for ``useSourceIp`` (a sidecar hashes the
+    downstream pod IP); without it the inbound peer address is used if known.
+    """
+    value: str | None
+    if consistent_hash.http_header_name is not None:
+        value = call.headers.get(consistent_hash.http_header_name)
+    elif consistent_hash.http_cookie_name is not None:
+        value = _cookie(call.headers.get("cookie"), consistent_hash.http_cookie_name)
+    elif consistent_hash.http_query_parameter_name is not None:
+        value = _query_parameter(call.query, consistent_hash.http_query_parameter_name)
+    elif consistent_hash.use_source_ip:
+        value = source_ip if source_ip is not None else (call.peer.address if call.peer else None)
+    else:
+        value = None
+    return None if value is None else hash64(value.encode())
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def _query_parameter(query: str, name: str) -> str | None:
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if unquote(key) == name:
+            return unquote(value)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Locality-aware priorities
+
+
+def locality_priorities(
+    endpoints: Sequence[Endpoint], local: str
+) -> tuple[tuple[Endpoint, ...], ...]:
+    """Endpoints grouped by closeness to ``local`` (``region/zone/subzone``), closest first.
+
+    Priority 0 shares region, zone and subzone; then region and zone; then region; then the
+    rest. Empty groups are dropped. Unknown local locality: one group.
+    """
+    if not local:
+        return (tuple(endpoints),) if endpoints else ()
+    mine = local.split("/")
+    groups: list[list[Endpoint]] = [[], [], [], []]
+    for endpoint in endpoints:
+        theirs = endpoint.locality.split("/") if endpoint.locality else []
+        shared = 0
+        for a, b in zip(mine, theirs, strict=False):
+            if a != b or not a:
+                break
+            shared += 1
+        groups[3 - min(shared, 3)].append(endpoint)
+    return tuple(tuple(group) for group in groups if group)
+
+
+def priority_loads(healthy: Sequence[int], totals: Sequence[int]) -> list[float]:
+    """Envoy's share of traffic per priority, in percent (summing to 100, or all 0 if none healthy).
+
+    A priority's health is ``min(100, 140 × healthy / total)``; the closest priority takes as
+    much as its health allows and the rest spills over to the next ones.
+    """
+    health = [
+        min(100.0, LOCALITY_OVERPROVISIONING_FACTOR * 100.0 * h / t) if t else 0.0
+        for h, t in zip(healthy, totals, strict=True)
+    ]
+    normalised_total = min(100.0, sum(health))
+    loads: list[float] = []
+    remaining = 100.0
+    for value in health:
+        share = 0.0 if normalised_total == 0 else min(remaining, value * 100.0 / normalised_total)
+        loads.append(share)
+        remaining -= share
+    return loads
+
+
+def choose_priority(loads: Sequence[float], rng: Random) -> int:
+    """A priority index drawn by ``loads``; -1 when every load is 0."""
+    point = rng.random() * 100.0
+    last = -1
+    for index, load in enumerate(loads):
+        if load > 0:
+            last = index
+            if point < load:
+                return index
+            point -= load
+    return last  # rounding left a sliver past the end
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def make_balancer(
+    settings: LoadBalancer,
+    endpoints: Sequence[Endpoint] = (),
+    *,
+    active: ActiveCounts | None = None,
+) -> Balancer:
+    """The balancer for a destination's ``loadBalancer`` settings.
+
+    ``endpoints`` seeds the hash structures (others build lazily on the first pick). Balancers
+    of one cluster's priorities share ``active`` so that load is counted once.
+    """
+    consistent = settings.consistent_hash
+    if consistent is not None:
+        if consistent.maglev:
+            return MaglevBalancer(endpoints, consistent.maglev_table_size, active)
+        return RingHashBalancer(endpoints, consistent.minimum_ring_size, active)
+    if settings.simple is Simple.ROUND_ROBIN:
+        return RoundRobinBalancer(active)
+    if settings.simple is Simple.RANDOM:
+        return RandomBalancer(active)
+    if settings.simple is Simple.PASSTHROUGH:
+        # The driver sends to the original destination; a random pick is the fallback.
+        return RandomBalancer(active)
+    return LeastRequestBalancer(active)
