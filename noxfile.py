@@ -11,7 +11,14 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 TEST_TOOLS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-cov>=5", "hypothesis>=6.100"]
 # Real servers and clients the tests drive; not part of any meshlib install.
-TEST_PEERS = ["uvicorn>=0.30", "starlette>=0.40", "fastapi>=0.110", "flask>=3", "h2>=4"]
+TEST_PEERS = [
+    "uvicorn>=0.30",
+    "httptools>=0.6",
+    "starlette>=0.40",
+    "fastapi>=0.110",
+    "flask>=3",
+    "h2>=4",
+]
 # Modules that the core must never import: the core-only run installs none of them.
 EXTRA_MODULES = "grpc,prometheus_client,opentelemetry.sdk,typer,rich,spiffe"
 

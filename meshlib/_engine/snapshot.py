@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshlib._model.endpoint import Endpoint
+from meshlib._policy.authz import Authorizer
+from meshlib._policy.peerauth import WorkloadMtls
 from meshlib._policy.routing import RouteTable
 from meshlib._policy.traffic import DestinationPolicy
 
@@ -179,10 +181,10 @@ class MeshSnapshot:
     identity: MeshIdentity
     hosts: Mapping[str, HostConfig] = field(default_factory=dict)
     """Canonical host (FQDN or wildcard pattern) -> config."""
-    authorization: object | None = None
-    """Compiled AuthorizationPolicies that select this workload (``compile_security``'s type)."""
-    peer_authentication: object | None = None
-    """Compiled PeerAuthentication for this workload (``compile_security``'s type)."""
+    authorization: Authorizer | None = None
+    """The AuthorizationPolicies that select this workload; ``None``: none configured."""
+    peer_authentication: WorkloadMtls | None = None
+    """This workload's PeerAuthentication modes; ``None``: Istio's default (PERMISSIVE)."""
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX
     _index: Mapping[str, HostConfig] = field(init=False, repr=False)
     _wildcards: Mapping[str, HostConfig] = field(init=False, repr=False)
@@ -213,8 +215,8 @@ class MeshSnapshot:
         identity: MeshIdentity,
         configs: Iterable[HostConfig],
         *,
-        authorization: object | None = None,
-        peer_authentication: object | None = None,
+        authorization: Authorizer | None = None,
+        peer_authentication: WorkloadMtls | None = None,
     ) -> MeshSnapshot:
         return cls(
             generation=generation,

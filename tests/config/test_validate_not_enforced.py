@@ -1,0 +1,77 @@
+"""Fields that load but that meshlib does not act on are flagged, once, where they are set."""
+
+# Tables of specs and field paths read best one case per line.
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meshlib._config.validate import NOT_ENFORCED, NOT_ENFORCED_MESSAGE
+
+from .conftest import Issues
+
+DEST = {"destination": {"host": "reviews"}}
+
+CASES = [
+    ("VirtualService", {"hosts": ["a.com"], "tcp": [{"route": [DEST]}], "tls": [{"match": [{"sniHosts": ["a.com"]}], "route": [DEST]}]}, ["spec.tls", "spec.tcp"]),
+    ("VirtualService", {"hosts": ["a"], "http": [{"route": [DEST], "corsPolicy": {}, "mirror": {"host": "b"}, "mirrorPercentage": {"value": 5}, "match": [{"statPrefix": "x"}]}]}, [
+        "spec.http[0].match[0].statPrefix", "spec.http[0].mirror", "spec.http[0].mirrorPercentage", "spec.http[0].corsPolicy",
+    ]),
+    ("VirtualService", {"hosts": ["a"], "http": [{"route": [DEST], "mirrors": [{"destination": {"host": "b"}}], "mirrorPercent": 5}]}, [
+        "spec.http[0].mirrors", "spec.http[0].mirrorPercent",
+    ]),
+    ("VirtualService", {"hosts": ["a"], "http": [{"delegate": {"name": "d"}}]}, ["spec.http[0].delegate"]),
+    ("DestinationRule", {"host": "a", "workloadSelector": {"matchLabels": {"a": "b"}}, "exportTo": ["."], "trafficPolicy": {"tunnel": {"targetHost": "a.com", "targetPort": 1}}}, [
+        "spec.trafficPolicy.tunnel", "spec.workloadSelector",
+    ]),
+    ("DestinationRule", {"host": "a", "subsets": [{"name": "v1", "trafficPolicy": {"proxyProtocol": {"version": "V2"}, "portLevelSettings": [{"port": {"number": 1}, "tls": {"mode": "SIMPLE", "credentialName": "c"}}]}}]}, [
+        "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName", "spec.subsets[0].trafficPolicy.proxyProtocol",
+    ]),
+    ("DestinationRule", {"host": "a", "trafficPolicy": {"outlierDetection": {}, "loadBalancer": {"warmup": {"duration": "1s"}, "localityLbSetting": {"failoverPriority": ["x"]}}, "connectionPool": {"tcp": {"tcpKeepalive": {}, "maxConnectionDuration": "1h"}, "http": {"h2UpgradePolicy": "UPGRADE"}}}}, [
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority", "spec.trafficPolicy.loadBalancer.warmup",
+        "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive", "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+        "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+    ]),
+    ("DestinationRule", {"host": "a", "trafficPolicy": {"portLevelSettings": [{"port": {"number": 1}, "loadBalancer": {"zoneAwareLbSetting": {}, "warmupDurationSecs": "1s"}}]}}, [
+        "spec.trafficPolicy.portLevelSettings[0].loadBalancer.zoneAwareLbSetting", "spec.trafficPolicy.portLevelSettings[0].loadBalancer.warmupDurationSecs",
+    ]),
+    ("ServiceEntry", {"hosts": ["a.com"], "resolution": "DNS_ROUND_ROBIN"}, ["spec.resolution"]),
+    ("ServiceEntry", {"hosts": ["a.com"], "resolution": "DNS"}, []),
+    ("AuthorizationPolicy", {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}, ["spec.action", "spec.provider"]),
+    ("AuthorizationPolicy", {"targetRefs": [{"kind": "Service", "name": "s"}]}, ["spec.targetRefs"]),
+    ("AuthorizationPolicy", {"targetRef": {"kind": "Service", "name": "s"}}, ["spec.targetRef"]),
+    ("AuthorizationPolicy", {"rules": [{"from": [{"source": {"requestPrincipals": ["*"], "notRequestPrincipals": ["x"], "remoteIpBlocks": ["1.1.1.1"], "notRemoteIpBlocks": ["2.2.2.2"], "principals": ["p"]}}], "when": [
+        {"key": "request.auth.claims[iss]", "values": ["x"]}, {"key": "remote.ip", "values": ["1.1.1.1"]}, {"key": "source.ip", "values": ["1.1.1.1"]},
+    ]}]}, [
+        "spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].from[0].source.notRequestPrincipals",
+        "spec.rules[0].from[0].source.remoteIpBlocks", "spec.rules[0].from[0].source.notRemoteIpBlocks",
+        "spec.rules[0].when[0].key", "spec.rules[0].when[1].key",
+    ]),
+    ("PeerAuthentication", {"mtls": {"mode": "STRICT"}}, []),
+    ("WorkloadEntry", {"address": "1.1.1.1"}, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "spec", "fields"), CASES)
+def test_not_enforced_fields_warn(
+    not_enforced: Issues, kind: str, spec: dict[str, Any], fields: list[str]
+) -> None:
+    assert not_enforced(kind, spec) == [(field, NOT_ENFORCED_MESSAGE) for field in fields]
+
+
+def test_message_is_exact() -> None:
+    assert NOT_ENFORCED_MESSAGE == "accepted, not enforced by meshlib"
+
+
+def test_list_covers_every_traffic_policy_location() -> None:
+    for where in (
+        "spec.trafficPolicy",
+        "spec.trafficPolicy.portLevelSettings[]",
+        "spec.subsets[].trafficPolicy",
+        "spec.subsets[].trafficPolicy.portLevelSettings[]",
+    ):
+        assert f"DestinationRule:{where}.connectionPool.tcp.tcpKeepalive" in NOT_ENFORCED
+    assert all(":spec." in entry for entry in NOT_ENFORCED)
