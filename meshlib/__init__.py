@@ -8,6 +8,7 @@ ASGI/WSGI/gRPC servers, configured with Istio YAML, with no sidecar.
 from __future__ import annotations
 
 from meshlib._breaker import CircuitBreaker, CircuitOpenError, breakers, circuit_breaker
+from meshlib._mesh import Mesh
 from meshlib.errors import ConfigError, IdentityError, MeshError
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "IdentityError",
+    "Mesh",
     "MeshError",
     "__version__",
     "breakers",

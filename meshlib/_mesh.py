@@ -7,15 +7,25 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlib._config.hosts import DEFAULT_TRUST_DOMAIN
 from meshlib._config.issues import ConfigIssue
 from meshlib._config.source import ConfigSource
 from meshlib._config.watch import ConfigStatus
+from meshlib._engine.runtime import OutboundRuntime, build_runtime
 from meshlib._engine.snapshot import MeshSnapshot
+from meshlib._identity.rotation import RotatingIdentity
+from meshlib._identity.sources import IdentitySource
+
+if TYPE_CHECKING:
+    import httpx
+
+    from meshlib._identity.serving import Server
+    from meshlib.httpx import AsyncMeshTransport, MeshTransport
 
 __all__ = ["Mesh"]
+
 
 ConfigPaths = str | Path | Iterable[str | Path]
 
@@ -54,6 +64,7 @@ class Mesh:
         labels: Mapping[str, str],
         trust_domain: str,
         identity: Any = None,
+        dns_names: Iterable[str] = (),
     ) -> None:
         self._source = source
         self.workload = workload
@@ -61,8 +72,43 @@ class Mesh:
         self.service_account = service_account
         self.labels: Mapping[str, str] = dict(labels)
         self.trust_domain = trust_domain
-        self.identity = identity
+        self.dns_names = tuple(dns_names) if dns_names else self._default_dns_names()
+        self._identity = self._rotating(identity)
+        self._runtime: OutboundRuntime | None = None
         self._closed = False
+
+    def _default_dns_names(self) -> tuple[str, ...]:
+        # Server certificates need DNS SANs for gRPC clients (grpcio cannot skip the hostname
+        # check); name the service the way in-mesh clients address it.
+        service = self.labels.get("app") or self.workload
+        ns = self.namespace
+        return (
+            f"{service}.{ns}.svc.cluster.local",
+            f"{service}.{ns}.svc",
+            f"{service}.{ns}",
+            service,
+        )
+
+    def _rotating(self, identity: Any) -> RotatingIdentity | None:
+        from meshlib._identity.ca import LocalCA
+
+        if identity is None:
+            return None
+        if isinstance(identity, RotatingIdentity):
+            return identity
+        if isinstance(identity, LocalCA):
+            identity = identity.source(self.namespace, self.service_account, self.dns_names)
+        if not isinstance(identity, IdentitySource):
+            raise TypeError(
+                "identity must be a LocalCA, an identity source (FileSource, SpiffeWorkloadAPI,"
+                f" ...) or None, not {type(identity).__name__}"
+            )
+        return RotatingIdentity(identity)
+
+    @property
+    def identity(self) -> RotatingIdentity | None:
+        """The workload identity in use (rotating), or ``None`` when the mesh runs plaintext."""
+        return self._identity
 
     @classmethod
     def from_config(
@@ -76,6 +122,7 @@ class Mesh:
         identity: Any = None,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         watch: bool = True,
+        dns_names: Iterable[str] = (),
     ) -> Mesh:
         """Load Istio YAML from files or folders; raises ``ConfigError`` listing every problem.
 
@@ -101,6 +148,7 @@ class Mesh:
             labels=labels,
             trust_domain=trust_domain,
             identity=identity,
+            dns_names=dns_names,
         )
 
     @classmethod
@@ -114,6 +162,7 @@ class Mesh:
         labels: Mapping[str, str] | None = None,
         identity: Any = None,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        dns_names: Iterable[str] = (),
     ) -> Mesh:
         """Configuration held in a string (tests, examples); never reloaded."""
         labels = dict(labels or {})
@@ -134,6 +183,7 @@ class Mesh:
             labels=labels,
             trust_domain=trust_domain,
             identity=identity,
+            dns_names=dns_names,
         )
 
     @classmethod
@@ -183,6 +233,122 @@ class Mesh:
         """Rebuild from the files now; returns whether the new configuration is in use."""
         return self._source.reload().ok
 
+    # --- outbound ------------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> OutboundRuntime:
+        """What the client drivers share: the snapshot, per-cluster state, identity, hooks."""
+        if self._runtime is None:
+            from meshlib._telemetry.context import current_deadline
+
+            self._runtime = build_runtime(
+                self._source, identity=self._identity, inherited_deadline=current_deadline
+            )
+        return self._runtime
+
+    def http_transport(self) -> MeshTransport:
+        """An ``httpx`` transport routing through the mesh: ``httpx.Client(transport=...)``."""
+        from meshlib.httpx import MeshTransport
+
+        return MeshTransport(self.runtime)
+
+    def async_http_transport(self) -> AsyncMeshTransport:
+        """The ``httpx.AsyncClient`` twin of :meth:`http_transport`."""
+        from meshlib.httpx import AsyncMeshTransport
+
+        return AsyncMeshTransport(self.runtime)
+
+    def http_client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose transport is the mesh; ``kwargs`` go to ``httpx.Client``."""
+        import httpx
+
+        return httpx.Client(transport=self.http_transport(), **kwargs)
+
+    def async_http_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` whose transport is the mesh."""
+        import httpx
+
+        return httpx.AsyncClient(transport=self.async_http_transport(), **kwargs)
+
+    # --- inbound ---------------------------------------------------------------------------
+
+    def mtls_mode(self, port: int) -> str:
+        """``STRICT``, ``PERMISSIVE`` or ``DISABLE`` for a port of this workload, as the
+        PeerAuthentication policies in the configuration decide (Istio's default PERMISSIVE)."""
+        from meshlib._policy.peerauth import MESH_DEFAULT_MTLS
+
+        resolved = self.snapshot.peer_authentication
+        mode = resolved.mode_for(port) if resolved is not None else MESH_DEFAULT_MTLS
+        return str(mode.value)
+
+    def serve(
+        self,
+        app: Any,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8080,
+        log_level: str | int | None = "info",
+    ) -> None:
+        """Run an ASGI app with uvicorn (extra ``serve``) until interrupted, with rotating mTLS
+        and the PeerAuthentication mode of ``port`` (STRICT, PERMISSIVE or DISABLE)."""
+        from meshlib._identity.serving import serve
+
+        mode = self.mtls_mode(port)
+        serve(
+            app,
+            identity=self._identity,
+            host=host,
+            port=port,
+            mtls_mode="DISABLE" if self._identity is None else mode,  # type: ignore[arg-type]
+            log_level=log_level,
+        )
+
+    def server(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str | int | None = "warning",
+    ) -> Server:
+        """Like :meth:`serve`, as a handle: ``start()`` runs uvicorn in a background thread,
+        ``stop()`` ends it (tests, demos, embedding). ``port=0`` picks a free port."""
+        from meshlib._identity.serving import Server
+
+        mode = "DISABLE" if self._identity is None else self.mtls_mode(port)
+        return Server(
+            app,
+            identity=self._identity,
+            host=host,
+            port=port,
+            mtls_mode=mode,  # type: ignore[arg-type]
+            log_level=log_level,
+        )
+
+    def grpc_server_credentials(self, *, require_client_auth: bool | None = None) -> Any:
+        """Rotating ``grpc.ServerCredentials`` (extra ``grpc``); a client certificate is required
+        unless the workload's PeerAuthentication is PERMISSIVE or DISABLE."""
+        from meshlib._identity.grpc_credentials import grpc_server_credentials
+
+        identity = self._require_identity("grpc_server_credentials")
+        if require_client_auth is None:
+            require_client_auth = self.mtls_mode(0) == "STRICT"
+        return grpc_server_credentials(identity, require_client_auth=require_client_auth)
+
+    # --- inbound middleware (issue: inbound side) ------------------------------------------
+    # (section owned by the inbound work: asgi, wsgi, handler)
+
+    # --- gRPC (issue: gRPC) ----------------------------------------------------------------
+    # (section owned by the gRPC work: grpc_channel, grpc_aio_channel, server interceptors)
+
+    # --- observability (issue: observability) ----------------------------------------------
+    # (section owned by the observability work: metrics_app, serve_metrics, telemetry wiring)
+
+    def _require_identity(self, what: str) -> RotatingIdentity:
+        if self._identity is None:
+            raise ValueError(f"{what} needs an identity: pass identity= to the Mesh")
+        return self._identity
+
     # --- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -191,6 +357,8 @@ class Mesh:
             return
         self._closed = True
         self._source.close()
+        if self._identity is not None:
+            self._identity.close()
 
     def __enter__(self) -> Mesh:
         return self

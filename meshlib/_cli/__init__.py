@@ -10,7 +10,13 @@ if TYPE_CHECKING:
     import typer
 
 # Modules that add commands to the app; each exposes ``register(app)``.
-_COMMAND_MODULES = ("meshlib._cli.config", "meshlib._cli.ca")
+_COMMAND_MODULES = (
+    "meshlib._cli.config",
+    "meshlib._cli.ca",
+    "meshlib._cli.explain",
+    "meshlib._cli.policytest",
+    "meshlib._cli.demo",
+)
 
 
 def build_app() -> typer.Typer:

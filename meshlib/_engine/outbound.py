@@ -1,0 +1,534 @@
+"""The outbound flow: one generator that orders the policies for one client request.
+
+A driver runs it::
+
+    flow = outbound_flow(call, runtime, caller_timeout=...)
+    try:
+        command = next(flow)
+        while True:
+            ...perform command...; command = flow.send(outcome_or_none)
+    except StopIteration: ...
+    finally:
+        flow.close()            # releases every permit still held (errors, cancellation)
+
+Commands: ``Send`` (answer with the Outcome), ``Sleep``, ``WaitSlot`` (answer ``None`` once
+admitted, or an Outcome with ``FailureKind.TIMEOUT`` after giving up), ``Reply`` and
+``Deliver`` (final), ``Fail`` (final: raise the I/O library's own error). After a ``Send``
+whose response is not delivered, the driver closes that response before the next command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+from meshlib._engine.clusters import ClusterState
+from meshlib._engine.runtime import (
+    PASSTHROUGH_CLUSTER,
+    ClusterTarget,
+    OutboundRuntime,
+    RequestRecord,
+)
+from meshlib._engine.snapshot import MeshSnapshot
+from meshlib._model.call import Call
+from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep
+from meshlib._model.endpoint import Endpoint
+from meshlib._model.outcome import Classification, FailureKind, Outcome
+from meshlib._policy.balancing import hash_key_for
+from meshlib._policy.classify import classify, effective_status
+from meshlib._policy.deadlines import attempt_timeout, overall_deadline, remaining_ms_header
+from meshlib._policy.faults import decide_abort, decide_delay
+from meshlib._policy.limits import Admission
+from meshlib._policy.replies import (
+    FLAG_DOWNSTREAM_TERMINATED,
+    FLAG_FAULT_DELAY,
+    FLAG_OVERFLOW,
+    FLAG_RETRY_LIMIT,
+    NO_CLUSTER_REPLY,
+    NO_HEALTHY_UPSTREAM_REPLY,
+    OVERFLOW_REPLY,
+    UPSTREAM_TIMEOUT_REPLY,
+    for_grpc,
+    reply_for_failure,
+    with_flag,
+)
+from meshlib._policy.retries import RetryPolicy, backoff, max_tries, should_retry
+from meshlib._policy.routing import (
+    NO_ROUTE_REPLY,
+    HeaderOps,
+    Route,
+    apply_header_ops,
+    choose_destination,
+    default_route,
+    direct_reply,
+    match_route,
+    redirect_reply,
+    response_header_ops,
+    rewrite_request,
+)
+
+__all__ = [
+    "ATTEMPT_COUNT_HEADER",
+    "DEADLINE_SLACK",
+    "EXPECTED_TIMEOUT_HEADER",
+    "Fail",
+    "FlowCommand",
+    "WaitSlot",
+    "outbound_flow",
+]
+
+ATTEMPT_COUNT_HEADER = "x-envoy-attempt-count"
+EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
+DEADLINE_SLACK = 0.001
+"""A timeout that fires this close to the deadline counts as the deadline (timer jitter)."""
+_CONNECTION_CLOSE = ("connection", "close")
+_NOT_SENT = frozenset({FailureKind.CONNECT_FAILURE, FailureKind.RESET_BEFORE_REQUEST})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WaitSlot:
+    """All connections of the cluster are busy: wait in its FIFO until a slot is handed over.
+
+    The driver calls ``cluster.wait_for_slot(wake)`` and waits at most ``timeout`` seconds
+    (``None``: until handed a slot). It answers ``None`` once admitted; on timeout it calls
+    ``cluster.cancel_wait(waiter)`` (if that returns False the slot arrived meanwhile: answer
+    ``None``) and answers ``Outcome(failure=FailureKind.TIMEOUT)``. If the driver itself is
+    cancelled while waiting, it must ``cancel_wait`` and, when that returns False, ``release``.
+    """
+
+    cluster: ClusterState
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Fail:
+    """Final: raise the I/O library's own error, as a plain client would.
+
+    Used outside the mesh (pass-through: the caller sees exactly what plain httpx raises,
+    ``exception`` being the last Send's) and when the caller's own timeout expired first.
+    """
+
+    outcome: Outcome
+
+
+FlowCommand = Send | Sleep | Reply | Deliver | WaitSlot | Fail
+Flow = Generator[FlowCommand, Outcome | None, None]
+
+
+class _Request:
+    """Per-request bookkeeping shared by the flow and the completion handle."""
+
+    __slots__ = (
+        "attempts",
+        "call",
+        "cluster",
+        "delivered",
+        "done",
+        "endpoint",
+        "flags",
+        "retry_held",
+        "runtime",
+        "service",
+        "slot_held",
+        "start",
+        "state",
+    )
+
+    def __init__(self, call: Call, runtime: OutboundRuntime, start: float) -> None:
+        self.call = call
+        self.runtime = runtime
+        self.start = start
+        self.service = call.host
+        self.cluster = ""
+        self.state: ClusterState | None = None
+        self.endpoint: Endpoint | None = None
+        """The endpoint of the attempt in flight (its balancer load is held)."""
+        self.slot_held = False
+        self.retry_held = False
+        self.attempts = 0
+        self.flags: tuple[str, ...] = ()
+        self.done = False
+        self.delivered = False
+
+    def end_attempt(self) -> None:
+        """Give back what one attempt holds: balancer load, request slot, retry slot."""
+        state = self.state
+        if state is None:
+            return
+        endpoint = self.endpoint
+        if endpoint is not None:
+            self.endpoint = None
+            state.finish(endpoint)
+        if self.slot_held:
+            self.slot_held = False
+            state.release()
+        if self.retry_held:
+            self.retry_held = False
+            state.release_retry()
+
+    def report(
+        self,
+        status: int,
+        flags: tuple[str, ...],
+        endpoint: Endpoint | None = None,
+        grpc_status: int | None = None,
+    ) -> None:
+        if self.done:
+            return
+        self.done = True
+        hook = self.runtime.hooks.on_request
+        if hook is not None:
+            hook(
+                RequestRecord(
+                    call=self.call,
+                    service=self.service,
+                    cluster=self.cluster,
+                    status=status,
+                    flags=flags,
+                    attempts=self.attempts,
+                    endpoint=endpoint,
+                    start=self.start,
+                    end=self.runtime.clock.now(),
+                    grpc_status=grpc_status,
+                )
+            )
+
+
+class _Completion:
+    """The handle a driver calls when the delivered response stream ends: exactly once."""
+
+    __slots__ = ("_endpoint", "_request", "_retry", "_state", "called")
+
+    def __init__(self, request: _Request) -> None:
+        # The delivered attempt's permits move from the flow to this handle.
+        self._request = request
+        self._state = request.state
+        self._endpoint = request.endpoint
+        self._retry = request.retry_held
+        request.endpoint = None
+        request.slot_held = request.retry_held = False
+        request.delivered = True
+        self.called = False
+
+    def __call__(self, outcome: Outcome) -> None:
+        if self.called:
+            return
+        self.called = True
+        state = self._state
+        endpoint = self._endpoint
+        if state is not None and endpoint is not None:  # pass-through holds nothing
+            # A delivered attempt was admitted: it holds its request slot.
+            state.finish(endpoint)
+            state.release()
+            if self._retry:
+                state.release_retry()
+        request = self._request
+        request.report(outcome.status, request.flags, self._endpoint, outcome.grpc_status)
+
+
+def _final(request: _Request, reply: Reply) -> Reply:
+    """A local reply carrying the flags gathered so far (DI...), reported once."""
+    for flag in request.flags:
+        reply = with_flag(reply, flag)
+    if request.call.protocol == "grpc":
+        reply = for_grpc(reply)
+    request.report(reply.status, reply.flags, grpc_status=reply.grpc_status)
+    return reply
+
+
+def outbound_flow(
+    call: Call,
+    runtime: OutboundRuntime,
+    *,
+    caller_timeout: float | None = None,
+    inherited_deadline: float | None = None,
+    snapshot: MeshSnapshot | None = None,
+) -> Flow:
+    """The commands for one outbound request (DESIGN.md section 2(c)).
+
+    ``caller_timeout`` is the caller's own budget (httpx read timeout, gRPC deadline) in
+    seconds; ``inherited_deadline`` an absolute deadline carried from an inbound request.
+    """
+    clock = runtime.clock
+    rng = runtime.rng
+    request = _Request(call, runtime, clock.now())
+    try:
+        # 1. The host decides everything else; one snapshot for the whole request.
+        if snapshot is None:
+            snapshot = runtime.snapshot()
+        config = snapshot.lookup_host(call.authority, call.port)
+        if config is None:
+            # Outside the mesh: behave like the plain client (one try, its errors).
+            yield from _passthrough(call, request, caller_timeout)
+            return
+        request.service = config.host
+        # Routes carry destination, timeout, retries and faults, so they are matched first.
+        table = config.routes
+        if table is None:
+            route: Route = default_route(config.host, None)
+            match_index = -1
+        else:
+            matched = match_route(table, call, call.port)
+            if matched is None:
+                yield _final(request, NO_ROUTE_REPLY)
+                return
+            route, match_index = matched
+        # Redirects and direct responses are local answers: no destination is involved.
+        if route.redirect is not None:
+            yield _final(request, redirect_reply(route, match_index, call))
+            return
+        if route.direct_response is not None:
+            yield _final(request, direct_reply(route))
+            return
+
+        # 2. Faults come before admission: an injected abort spends no pool budget and no
+        # outlier statistics (Envoy's fault filter runs before the router).
+        fault = route.fault
+        if fault is not None:
+            delay = decide_delay(fault, rng)
+            if delay is not None:
+                request.flags = (FLAG_FAULT_DELAY,)
+                yield Sleep(delay)
+            abort = decide_abort(fault, rng, grpc=call.protocol == "grpc")
+            if abort is not None:
+                yield _final(request, abort)
+                return
+
+        # The route timeout starts when routing starts, after the fault delay.
+        now = clock.now()
+        deadline = overall_deadline(now, route.timeout, None, inherited_deadline)
+        # The caller's clock started before any fault delay.
+        caller_deadline = None if caller_timeout is None else request.start + caller_timeout
+        if caller_deadline is not None and (deadline is None or caller_deadline < deadline):
+            deadline = caller_deadline
+        else:
+            caller_deadline = None  # the mesh's deadline binds: expiry is a 504 UT
+
+        # 3. One weighted destination per request: retries stay inside it.
+        destination = choose_destination(route, rng)
+        port = destination.port or call.port
+        dns_name = call.host if destination.host == config.host else destination.host
+        target = runtime.cluster_for(snapshot, destination.host, destination.subset, port, dns_name)
+        if target is None:
+            yield _final(request, NO_CLUSTER_REPLY)
+            return
+        request.service = target.service
+        request.cluster = target.name
+        request.state = target.state
+        path, authority = rewrite_request(route, match_index, call, destination)
+        ops = apply_header_ops(route, destination)
+        response_ops = response_header_ops(route, destination)
+        set_headers = (*ops.set, _CONNECTION_CLOSE) if target.close_connections else ops.set
+        propagate = runtime.hooks.outbound_headers
+        if propagate is not None:
+            # Trace context and request id of the inbound request being served; first, so that
+            # a route's own header `set` still wins.
+            carried = propagate(request.start, deadline)
+            if carried:
+                set_headers = (*carried, *set_headers)
+        consistent = target.policy.load_balancer.consistent_hash
+        hash_key = None if consistent is None else hash_key_for(consistent, call)
+
+        # 4. The attempt loop.
+        yield from _attempts(
+            call,
+            runtime,
+            request,
+            target,
+            route.retries,
+            deadline,
+            caller_deadline,
+            hash_key,
+            # Consistent hashing wants the same host again; others prefer untried hosts.
+            route.retries.retry_ignore_previous_hosts and consistent is None,
+            (set_headers, ops.add, ops.remove, path, authority),
+            response_ops,
+        )
+    except GeneratorExit:
+        # Closed before an answer reached the caller: the caller went away (Envoy's DC).
+        if not request.delivered:
+            request.report(0, (*request.flags, FLAG_DOWNSTREAM_TERMINATED))
+        raise
+    finally:
+        # Whatever an unfinished attempt still holds goes back (errors, cancellation).
+        request.end_attempt()
+
+
+def _attempts(
+    call: Call,
+    runtime: OutboundRuntime,
+    request: _Request,
+    target: ClusterTarget,
+    policy: RetryPolicy,
+    deadline: float | None,
+    caller_deadline: float | None,
+    hash_key: int | None,
+    exclude_tried: bool,
+    shape: tuple[
+        tuple[tuple[str, str], ...],
+        tuple[tuple[str, str], ...],
+        tuple[str, ...],
+        str | None,
+        str | None,
+    ],
+    response_ops: HeaderOps,
+) -> Flow:
+    # A plain tuple rather than a template Attempt: frozen dataclasses cost µs to build.
+    set_headers, add_headers, remove_headers, path, authority = shape
+    clock = runtime.clock
+    rng = runtime.rng
+    state = target.state
+    protocol = call.protocol
+    tries = max_tries(policy)
+    per_try = policy.per_try_timeout
+    tried: list[Endpoint] = []
+    on_attempt = runtime.hooks.on_attempt
+    mtls = runtime.mtls_available
+    number = 0
+    while True:
+        number += 1
+        now = clock.now()
+        timeout = attempt_timeout(now, deadline, per_try)
+        if deadline is not None and now >= deadline:
+            yield _expired(request, caller_deadline)
+            return
+
+        # Limits before the endpoint: an overflow is answered at once and never retried.
+        admission = state.admit()
+        if admission is Admission.OVERFLOW:
+            yield _final(request, OVERFLOW_REPLY)
+            return
+        if admission is Admission.QUEUED:
+            waited = yield WaitSlot(state, timeout)
+            if waited is not None:
+                yield _expired(request, caller_deadline)
+                return
+            now = clock.now()
+            timeout = attempt_timeout(now, deadline, per_try)
+        request.slot_held = True
+
+        # Only non-ejected endpoints (ejection happens in record below, at the same lock).
+        endpoint = state.pick(rng, hash_key, tried if exclude_tried else (), now)
+        if endpoint is None:
+            yield _final(request, NO_HEALTHY_UPSTREAM_REPLY)
+            return
+        state.start(endpoint)
+        request.endpoint = endpoint
+        request.attempts = number
+        tried.append(endpoint)
+        tls, peers = target.endpoint_tls(endpoint, mtls)
+        headers = (*set_headers, (ATTEMPT_COUNT_HEADER, str(number)))
+        expected = remaining_ms_header(now, None if timeout is None else now + timeout)
+        if expected is not None:
+            headers = (*headers, (EXPECTED_TIMEOUT_HEADER, expected))
+        attempt = Attempt(
+            endpoint=endpoint,
+            number=number,
+            timeout=timeout,
+            set_headers=headers,
+            add_headers=add_headers,
+            remove_headers=remove_headers,
+            path=path,
+            authority=authority,
+            cluster=target.name,
+            tls=tls,
+            expected_peers=peers,
+        )
+        outcome = yield Send(attempt)
+        if outcome is None:  # pragma: no cover - a driver bug; fail loudly
+            raise RuntimeError("the driver answered Send without an Outcome")
+
+        # Classified once: retries, outlier detection and metrics read the same verdict.
+        classification = classify(outcome, protocol)
+        now = clock.now()
+        state.record(endpoint, classification, effective_status(outcome, protocol), now)
+        if on_attempt is not None:
+            on_attempt(call, attempt, outcome, classification)
+        failed = outcome.failure is not FailureKind.NONE
+        if (
+            outcome.failure is FailureKind.TIMEOUT
+            and deadline is not None
+            and now >= deadline - DEADLINE_SLACK
+        ):
+            # The overall deadline, not the per-try timeout: no more retries.
+            request.end_attempt()
+            yield _expired(request, caller_deadline)
+            return
+
+        retry = classification is not Classification.SUCCESS and should_retry(
+            policy, outcome, classification, protocol, request_sent=outcome.failure not in _NOT_SENT
+        )
+        extra: tuple[str, ...] = ()
+        if retry and not call.body_replayable:
+            retry = False  # a streamed body was consumed by this attempt
+        elif retry and number >= tries:
+            retry = False
+            extra = (FLAG_RETRY_LIMIT,)
+        elif retry and deadline is not None and now >= deadline:
+            # Envoy's timer would have fired before this answer: no time left to retry.
+            yield _expired(request, caller_deadline)
+            return
+        if retry:
+            if request.retry_held:  # the previous retry's slot ends with its attempt
+                request.retry_held = False
+                state.release_retry()
+            if state.try_acquire_retry():
+                # The attempt is over: give back its permits before waiting for the next one.
+                request.end_attempt()
+                request.retry_held = True
+            else:
+                extra = (FLAG_OVERFLOW,)
+                retry = False
+        if retry:
+            pause = backoff(policy, number, rng)
+            if deadline is not None and now + pause >= deadline:
+                # The deadline fires during the backoff: wait it out, then 504 as Envoy does.
+                yield Sleep(max(deadline - now, 0.0))
+                request.end_attempt()
+                yield _expired(request, caller_deadline)
+                return
+            yield Sleep(pause)
+            continue
+
+        # Final: the last upstream answer (or failure), with URX/UO when retries stopped.
+        if extra:
+            request.flags = (*request.flags, *extra)
+        if failed:
+            request.end_attempt()
+            yield _final(request, reply_for_failure(outcome))
+            return
+        yield Deliver(
+            outcome,
+            _Completion(request),
+            request.flags,
+            response_ops.set,
+            response_ops.add,
+            response_ops.remove,
+        )
+        return
+
+
+def _expired(request: _Request, caller_deadline: float | None) -> Reply | Fail:
+    """The deadline passed: the caller's own (raise its library's timeout) or the mesh's (504)."""
+    request.end_attempt()
+    if caller_deadline is not None:
+        request.report(0, request.flags)
+        return Fail(Outcome(failure=FailureKind.TIMEOUT, detail="caller timeout"))
+    return _final(request, UPSTREAM_TIMEOUT_REPLY)
+
+
+def _passthrough(call: Call, request: _Request, caller_timeout: float | None) -> Flow:
+    request.cluster = PASSTHROUGH_CLUSTER
+    endpoint = Endpoint(address=call.host, port=call.port)
+    request.attempts = 1
+    outcome = yield Send(
+        Attempt(endpoint=endpoint, number=1, timeout=caller_timeout, cluster=PASSTHROUGH_CLUSTER)
+    )
+    if outcome is None:  # pragma: no cover - a driver bug; fail loudly
+        raise RuntimeError("the driver answered Send without an Outcome")
+    if outcome.failure is not FailureKind.NONE:
+        request.report(0, ())
+        yield Fail(outcome)
+        return
+    request.endpoint = endpoint
+    yield Deliver(outcome, _Completion(request))

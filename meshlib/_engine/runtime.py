@@ -1,0 +1,320 @@
+"""What an outbound driver needs besides the call: config, shared cluster state, time, hooks.
+
+One ``OutboundRuntime`` per Mesh (or per test). It knows no I/O library: drivers read the
+identity and the sleep functions from it and do the I/O themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meshlib._engine.clusters import ClusterRegistry, ClusterSpec, ClusterState
+from meshlib._engine.snapshot import HostConfig, Location, MeshSnapshot
+from meshlib._model.call import Call
+from meshlib._model.commands import Attempt
+from meshlib._model.endpoint import Endpoint
+from meshlib._model.outcome import Classification, Outcome
+from meshlib._model.runtime import Clock, MonotonicClock, Random, SystemRandom
+from meshlib._policy.limits import DEFAULT_CONNECT_TIMEOUT
+from meshlib._policy.traffic import ResolvedPolicy, resolve_policy
+
+__all__ = [
+    "PASSTHROUGH_CLUSTER",
+    "TLS_MODE_LABEL",
+    "ClientIdentity",
+    "ClusterTarget",
+    "OutboundRuntime",
+    "RequestRecord",
+    "SnapshotSource",
+    "TelemetryHooks",
+    "build_runtime",
+    "cluster_name",
+]
+
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+"""Envoy's name for traffic to hosts the configuration does not know."""
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+"""Endpoint label Istio's auto-mTLS reads: ``istio`` means the endpoint speaks mesh mTLS."""
+TLS_MODE_ISTIO = "istio"
+ISTIO_MUTUAL = "ISTIO_MUTUAL"
+
+
+class SnapshotSource(Protocol):
+    """Anything holding the current snapshot (``meshlib._config.source.ConfigSource``)."""
+
+    @property
+    def snapshot(self) -> MeshSnapshot: ...
+
+
+class ClientIdentity(Protocol):
+    """The workload identity as outbound drivers see it (``meshlib._identity``)."""
+
+    def current_client_context(self) -> object:
+        """The SSLContext new mesh connections use now (rotation swaps it)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One finished outbound request, for metrics and access logs."""
+
+    call: Call
+    service: str
+    """Destination FQDN (``destination_service``), or the called host outside the mesh."""
+    cluster: str
+    status: int
+    """Final HTTP status; 0 when the caller went away or got an exception."""
+    flags: tuple[str, ...]
+    attempts: int
+    endpoint: Endpoint | None
+    start: float
+    end: float
+    grpc_status: int | None = None
+
+
+AttemptHook = Callable[[Call, Attempt, Outcome, Classification], None]
+RequestHook = Callable[[RequestRecord], None]
+HeadersHook = Callable[[float, float | None], Sequence[tuple[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryHooks:
+    """Telemetry callbacks; ``None`` costs one test per request, a no-op call would cost more."""
+
+    on_attempt: AttemptHook | None = None
+    """After each attempt is classified (also the attempts that are retried)."""
+    on_request: RequestHook | None = None
+    """Once per request: local reply, completed response, failure or cancellation."""
+    outbound_headers: HeadersHook | None = None
+    """Once per routed request, with (start, deadline): headers every attempt carries (trace
+    context, ``x-request-id``). The flow adds the deadline header itself."""
+
+
+NO_HOOKS = TelemetryHooks()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ClusterTarget:
+    """One destination (host, subset, port) resolved against one snapshot: cached per snapshot."""
+
+    name: str
+    """``outbound|<port>|<subset>|<fqdn>``."""
+    service: str
+    state: ClusterState
+    policy: ResolvedPolicy
+    tls_mode: str | None
+    """The DestinationRule's ``tls.mode``; ``None`` is auto-mTLS."""
+    peers: frozenset[str]
+    """SPIFFE IDs every endpoint may present (ServiceEntry and DestinationRule SANs)."""
+    connect_timeout: float
+    close_connections: bool
+    """``maxRequestsPerConnection: 1``: no keep-alive."""
+    in_mesh: bool
+    _tls_cache: dict[tuple[str, int], tuple[bool, frozenset[str]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def endpoint_tls(self, endpoint: Endpoint, mtls_available: bool) -> tuple[bool, frozenset[str]]:
+        """Whether to speak mesh mTLS to ``endpoint``, and the peer IDs it may present."""
+        cached = self._tls_cache.get(endpoint.key)
+        if cached is not None:
+            return cached
+        mode = self.tls_mode
+        if mode is None:
+            # Auto-mTLS: only endpoints known to run the mesh (labelled, or with an identity).
+            use = mtls_available and (
+                endpoint.labels.get(TLS_MODE_LABEL) == TLS_MODE_ISTIO
+                or (endpoint.service_account is not None and self.in_mesh)
+            )
+        else:
+            use = mtls_available and mode == ISTIO_MUTUAL
+        peers = self.peers
+        if use and endpoint.service_account:
+            peers = peers | {endpoint.service_account}  # compiled as a full spiffe:// URI
+        result = (use, peers if use else frozenset())
+        self._tls_cache[endpoint.key] = result
+        return result
+
+
+def cluster_name(port: int, subset: str | None, host: str) -> str:
+    return f"outbound|{port}|{subset or ''}|{host}"
+
+
+def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+class OutboundRuntime:
+    """Config provider, cluster registry, clock, randomness, identity and telemetry hooks.
+
+    ``snapshot`` is called once per request (a flow keeps the snapshot it started with).
+    ``sleep`` serves sync drivers; ``async_sleep`` (``None``: the driver's event loop sleep)
+    async ones — tests with a fake clock pass functions that advance it instead.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_cache_snapshot",
+        "async_sleep",
+        "clock",
+        "clusters",
+        "hooks",
+        "identity",
+        "inherited_deadline",
+        "rng",
+        "sleep",
+        "snapshot",
+    )
+
+    def __init__(
+        self,
+        snapshot: Callable[[], MeshSnapshot],
+        *,
+        clusters: ClusterRegistry | None = None,
+        clock: Clock | None = None,
+        rng: Random | None = None,
+        identity: ClientIdentity | None = None,
+        hooks: TelemetryHooks = NO_HOOKS,
+        sleep: Callable[[float], None] = _sleep,
+        async_sleep: Callable[[float], object] | None = None,
+        inherited_deadline: Callable[[], float | None] | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.clusters = clusters if clusters is not None else ClusterRegistry()
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.rng: Random = rng if rng is not None else SystemRandom()
+        self.identity = identity
+        self.hooks = hooks
+        self.sleep = sleep
+        self.async_sleep = async_sleep
+        self.inherited_deadline = inherited_deadline
+        """The inbound request's deadline (contextvar), once the inbound side provides it."""
+        self._cache_snapshot: MeshSnapshot | None = None
+        self._cache: dict[tuple[str, str | None, int], ClusterTarget | None] = {}
+
+    @property
+    def mtls_available(self) -> bool:
+        return self.identity is not None
+
+    def cluster_for(
+        self,
+        snapshot: MeshSnapshot,
+        host: str,
+        subset: str | None,
+        port: int,
+        dns_name: str,
+    ) -> ClusterTarget | None:
+        """The cluster for a route destination; ``None`` when its subset is not defined (NC).
+
+        ``dns_name`` is what to resolve when the configuration lists no endpoints.
+        """
+        if snapshot is not self._cache_snapshot:
+            # A new generation: targets are rebuilt lazily; equal specs keep their state.
+            self._cache = {}
+            self._cache_snapshot = snapshot
+        key = (host, subset, port)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        target = self._build_target(snapshot, host, subset, port, dns_name)
+        self._cache[key] = target
+        return target
+
+    def _build_target(
+        self,
+        snapshot: MeshSnapshot,
+        host: str,
+        subset: str | None,
+        port: int,
+        dns_name: str,
+    ) -> ClusterTarget | None:
+        config = snapshot.lookup_host(host)
+        destination = config.destination if config is not None else None
+        if subset is not None and (destination is None or subset not in destination.subsets):
+            return None
+        policy = resolve_policy(destination, subset, port)
+        endpoints = _endpoints(config, subset, port, dns_name)
+        fqdn = config.host if config is not None and not config.host.startswith("*") else host
+        spec = ClusterSpec(policy, endpoints, local_locality=_local_locality(snapshot))
+        state = self.clusters.get_or_create((fqdn, subset, port), spec)
+        peers: frozenset[str] = frozenset()
+        service = config.service if config is not None else None
+        if service is not None:
+            peers = peers | service.subject_alt_names
+        if policy.tls is not None:
+            peers = peers | policy.tls.subject_alt_names
+        pool = policy.connection_pool
+        return ClusterTarget(
+            name=cluster_name(port, subset, fqdn),
+            service=fqdn,
+            state=state,
+            policy=policy,
+            tls_mode=policy.tls.mode if policy.tls is not None else None,
+            peers=frozenset(p if p.startswith("spiffe://") else f"spiffe://{p}" for p in peers),
+            connect_timeout=pool.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+            close_connections=pool.max_requests_per_connection == 1,
+            in_mesh=config is not None
+            and (service is None or service.location is Location.MESH_INTERNAL),
+        )
+
+
+def _local_locality(snapshot: MeshSnapshot) -> str:
+    labels: Mapping[str, str] = snapshot.identity.labels
+    return labels.get("topology.istio.io/locality", "")
+
+
+def _endpoints(
+    config: HostConfig | None, subset: str | None, port: int, dns_name: str
+) -> tuple[Endpoint, ...]:
+    if config is None or config.service is None:
+        # No ServiceEntry: the name itself, resolved by DNS at connect time.
+        return (Endpoint(address=dns_name, port=port),)
+    if not config.endpoints or all(not members for members in config.endpoints.values()):
+        # resolution NONE (original destination) or DNS without endpoints.
+        if subset is not None:
+            return ()
+        return (Endpoint(address=dns_name, port=port),)
+    return config.endpoints_for(subset, port)
+
+
+def build_runtime(
+    source: SnapshotSource | MeshSnapshot,
+    identity: ClientIdentity | None = None,
+    *,
+    clock: Clock | None = None,
+    rng: Random | None = None,
+    hooks: TelemetryHooks = NO_HOOKS,
+    clusters: ClusterRegistry | None = None,
+    sleep: Callable[[float], None] = _sleep,
+    async_sleep: Callable[[float], object] | None = None,
+    inherited_deadline: Callable[[], float | None] | None = None,
+) -> OutboundRuntime:
+    """A runtime reading ``source.snapshot`` per request (or one fixed snapshot)."""
+    if isinstance(source, MeshSnapshot):
+        fixed = source
+
+        def provider() -> MeshSnapshot:
+            return fixed
+
+    else:
+        holder = source
+
+        def provider() -> MeshSnapshot:
+            return holder.snapshot
+
+    return OutboundRuntime(
+        provider,
+        clusters=clusters,
+        clock=clock,
+        rng=rng,
+        identity=identity,
+        hooks=hooks,
+        sleep=sleep,
+        async_sleep=async_sleep,
+        inherited_deadline=inherited_deadline,
+    )

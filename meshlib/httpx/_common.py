@@ -1,0 +1,222 @@
+"""What the sync and async httpx drivers share: calls, headers, outcomes, errors, replies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpcore
+import httpx
+
+from meshlib._model.call import Call
+from meshlib._model.commands import Attempt, Reply
+from meshlib._model.outcome import FailureKind, Outcome
+
+__all__ = [
+    "EXTENSION",
+    "RawHeaders",
+    "attempt_timeouts",
+    "build_call",
+    "failure_kind",
+    "local_response",
+    "raise_for",
+    "response_info",
+    "upstream_headers",
+    "with_response_ops",
+]
+
+EXTENSION = "meshlib"
+"""``response.extensions["meshlib"]``: flags and attempts (Envoy never sends flags to clients)."""
+DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
+TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+_FAILURES: dict[type[BaseException], FailureKind] = {
+    httpcore.ConnectError: FailureKind.CONNECT_FAILURE,
+    httpcore.ConnectTimeout: FailureKind.CONNECT_FAILURE,
+    httpcore.ReadTimeout: FailureKind.TIMEOUT,
+    httpcore.WriteTimeout: FailureKind.TIMEOUT,
+    httpcore.PoolTimeout: FailureKind.TIMEOUT,
+    # Under TLS 1.3 a rejected client certificate also surfaces as one of these two.
+    httpcore.RemoteProtocolError: FailureKind.RESET,
+    httpcore.ReadError: FailureKind.RESET,
+    httpcore.WriteError: FailureKind.RESET,
+}
+
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.RequestError]], ...] = (
+    # Most specific first: the first isinstance match wins.
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+)
+
+
+class RawHeaders:
+    """A HeaderView over httpcore's ``[(name, value)]`` bytes pairs, built without copying."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, key: str, /) -> str | None:
+        wanted = key.lower().encode("ascii")
+        values = [v.decode("latin-1") for k, v in self._raw if k.lower() == wanted]
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else ",".join(values)
+
+    def __contains__(self, key: object, /) -> bool:
+        if not isinstance(key, str):
+            return False
+        wanted = key.lower().encode("ascii")
+        return any(k.lower() == wanted for k, _ in self._raw)
+
+
+def build_call(request: httpx.Request) -> Call:
+    """The neutral view of an httpx request; raises httpx's own error for an unusable URL."""
+    url = request.url
+    scheme = url.scheme
+    default_port = DEFAULT_PORTS.get(scheme)
+    if default_port is None:
+        raise httpx.UnsupportedProtocol(
+            f"Request URL has an unsupported protocol '{scheme}://'.", request=request
+        )
+    # raw_host skips IDNA decoding: mesh names are ASCII (an IDNA name stays xn--, as sent).
+    host = url.raw_host.decode("ascii")
+    if not host:
+        raise httpx.UnsupportedProtocol("Request URL is missing a host.", request=request)
+    explicit_port = url.port
+    port = explicit_port or default_port
+    headers = request.headers
+    authority = _host_header(headers.raw) or (host if explicit_port is None else f"{host}:{port}")
+    return Call(
+        protocol="http",
+        method=request.method,
+        scheme=scheme,
+        authority=authority,
+        host=host.lower(),
+        port=port,
+        path=url.raw_path.decode("ascii"),
+        headers=headers,
+        # Bytes bodies (httpx.ByteStream) can be sent again; iterators and files cannot.
+        body_replayable=isinstance(request.stream, httpx.ByteStream),
+    )
+
+
+def _host_header(raw: list[tuple[bytes, bytes]]) -> str | None:
+    # httpx puts Host first; scanning raw pairs beats Headers.get's case folding.
+    for name, value in raw:
+        if name.lower() == b"host":
+            return value.decode("latin-1")
+    return None
+
+
+def upstream_headers(raw: list[tuple[bytes, bytes]], attempt: Attempt) -> list[tuple[bytes, bytes]]:
+    """The request headers for one attempt: remove, then set (overwrite), then add (Envoy)."""
+    drop = {name.lower().encode("latin-1") for name in attempt.remove_headers}
+    drop.update(name.lower().encode("latin-1") for name, _ in attempt.set_headers)
+    authority = attempt.authority
+    if authority is not None:
+        drop.add(b"host")
+    headers = [item for item in raw if item[0].lower() not in drop] if drop else list(raw)
+    if authority is not None:
+        headers.insert(0, (b"Host", authority.encode("ascii")))
+    for name, value in attempt.set_headers:
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    for name, value in attempt.add_headers:
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    return headers
+
+
+def with_response_ops(
+    raw: list[tuple[bytes, bytes]],
+    set_ops: Sequence[tuple[str, str]],
+    add_ops: Sequence[tuple[str, str]],
+    remove: Sequence[str],
+) -> list[tuple[bytes, bytes]]:
+    if not (set_ops or add_ops or remove):
+        return raw
+    drop = {name.lower().encode("latin-1") for name in remove}
+    drop.update(name.lower().encode("latin-1") for name, _ in set_ops)
+    headers = [item for item in raw if item[0].lower() not in drop]
+    for name, value in (*set_ops, *add_ops):
+        headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    return headers
+
+
+def attempt_timeouts(
+    caller: Mapping[str, float | None] | None, limit: float | None
+) -> Mapping[str, float | None]:
+    """httpcore's timeout extension: the caller's, each capped by the attempt's limit."""
+    if limit is None:
+        return caller if caller is not None else {}
+    limit = max(limit, 0.0)
+    if caller is None:
+        return dict.fromkeys(TIMEOUT_KEYS, limit)
+    result: dict[str, float | None] = {}
+    for key in TIMEOUT_KEYS:
+        value = caller.get(key)
+        result[key] = limit if value is None or value > limit else value
+    return result
+
+
+def failure_kind(error: BaseException) -> FailureKind | None:
+    """The Outcome failure for an httpcore error; ``None``: not a network failure (re-raise)."""
+    kind = _FAILURES.get(type(error))
+    if kind is not None:
+        return kind
+    for cls, mapped in _FAILURES.items():
+        if isinstance(error, cls):
+            return mapped
+    return None
+
+
+def raise_for(
+    error: BaseException | None, request: httpx.Request, outcome: Outcome | None = None
+) -> None:
+    """Raise what plain httpx would raise for ``error`` (or a read timeout for an expiry)."""
+    if error is not None:
+        for cls, mapped in _HTTPX_ERRORS:
+            if isinstance(error, cls):
+                raise mapped(str(error), request=request) from error
+        raise error
+    detail = outcome.detail if outcome is not None and outcome.detail else "timed out"
+    raise httpx.ReadTimeout(detail, request=request)
+
+
+def response_info(
+    flags: tuple[str, ...], *, attempts: int, endpoint: str | None, local: bool
+) -> dict[str, Any]:
+    return {"flags": flags, "attempts": attempts, "endpoint": endpoint, "local_reply": local}
+
+
+def local_response(reply: Reply, attempts: int, endpoint: str | None) -> httpx.Response:
+    """Envoy's local reply as an httpx response (text/plain body, Istio headers)."""
+    body = reply.body.encode("utf-8")
+    headers: list[tuple[bytes, bytes]] = []
+    if body:
+        headers.append((b"content-type", b"text/plain"))
+    headers.append((b"content-length", str(len(body)).encode("ascii")))
+    headers.extend(_encode(reply.headers))
+    return httpx.Response(
+        reply.status,
+        headers=headers,
+        content=body,
+        extensions={
+            EXTENSION: response_info(reply.flags, attempts=attempts, endpoint=endpoint, local=True)
+        },
+    )
+
+
+def _encode(pairs: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]

@@ -1,0 +1,589 @@
+"""The httpx drivers: run the outbound flow, doing its I/O with httpcore pools.
+
+Each request builds an ``httpcore.Request`` with ``httpcore.URL`` towards the chosen endpoint
+(``httpx.URL`` costs 25–40 µs; PLUMBING-NOTES section 3) and keeps the logical host in the
+Host header and the ``sni_hostname`` extension.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import anyio
+import httpcore
+import httpx
+import sniffio
+
+from meshlib._engine.outbound import Fail, WaitSlot, outbound_flow
+from meshlib._engine.runtime import OutboundRuntime
+from meshlib._model.call import Call
+from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep
+from meshlib._model.outcome import FailureKind, Outcome
+from meshlib.httpx._common import (
+    EXTENSION,
+    RawHeaders,
+    attempt_timeouts,
+    build_call,
+    failure_kind,
+    local_response,
+    raise_for,
+    response_info,
+    upstream_headers,
+    with_response_ops,
+)
+from meshlib.httpx._pools import (
+    DEFAULT_KEEPALIVE_EXPIRY,
+    DEFAULT_MAX_SHARDS,
+    DEFAULT_SHARD_SIZE,
+    AsyncPools,
+    PoolKey,
+    SyncPools,
+)
+from meshlib.httpx._tls import mesh_backend
+
+__all__ = ["AsyncMeshTransport", "MeshTransport"]
+
+_WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
+_HTTPS = b"https"
+_SYSTEM_TLS = "system"
+
+
+def _caller_timeouts(
+    request: httpx.Request,
+) -> tuple[Mapping[str, float | None] | None, float | None]:
+    timeouts: Mapping[str, float | None] | None = request.extensions.get("timeout")
+    return timeouts, (timeouts.get("read") if timeouts is not None else None)
+
+
+class _Base:
+    """Pool keys, TLS choices and the parts of a Send that do no I/O."""
+
+    def __init__(
+        self,
+        runtime: OutboundRuntime,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        shard_size: int,
+        max_shards: int,
+        keepalive_expiry: float,
+    ) -> None:
+        self.runtime = runtime
+        self._ssl_context = ssl_context
+        self._keepalive_expiry = keepalive_expiry
+        self._shard_size = shard_size
+        self._max_shards = max_shards
+        self._closed = False
+
+    def _system_context(self) -> ssl.SSLContext:
+        # Outside-the-mesh https verifies against the system CAs, like plain httpx.
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    def _pool_key(self, request: httpx.Request, attempt: Attempt) -> PoolKey:
+        endpoint = attempt.endpoint
+        if attempt.tls:
+            # The backend swaps in the current SVID per connection: rotation keeps the pool.
+            return (_HTTPS, endpoint.address, endpoint.port, attempt.expected_peers)
+        scheme = request.url.raw_scheme
+        return (scheme, endpoint.address, endpoint.port, _SYSTEM_TLS if scheme == _HTTPS else None)
+
+    def _tls_for(self, key: PoolKey) -> tuple[ssl.SSLContext | None, frozenset[str] | None]:
+        tls = key[3]
+        if tls is None:
+            return None, None
+        if tls == _SYSTEM_TLS:
+            return self._system_context(), None
+        assert isinstance(tls, frozenset)
+        identity = self.runtime.identity
+        assert identity is not None  # the flow asks for mTLS only with an identity
+        context = identity.current_client_context()
+        assert isinstance(context, ssl.SSLContext)
+        return context, tls
+
+    def _core_request(
+        self,
+        request: httpx.Request,
+        call: Call,
+        attempt: Attempt,
+        scheme: bytes,
+        timeouts: Mapping[str, float | None] | None,
+    ) -> httpcore.Request:
+        endpoint = attempt.endpoint
+        path = attempt.path
+        return httpcore.Request(
+            method=request.method.encode("ascii"),
+            url=httpcore.URL(
+                scheme=scheme,
+                host=endpoint.address.encode("ascii"),
+                port=endpoint.port,
+                target=request.url.raw_path if path is None else path.encode("ascii"),
+            ),
+            headers=upstream_headers(request.headers.raw, attempt),
+            content=request.stream,
+            extensions={
+                "timeout": attempt_timeouts(timeouts, attempt.timeout),
+                "sni_hostname": call.host,
+            },
+        )
+
+
+# ------------------------------------------------------------------------------------ sync
+
+
+class _SyncBody(httpx.SyncByteStream):
+    """The upstream body; fires the completion once at EOF, error or close."""
+
+    def __init__(
+        self,
+        response: httpcore.Response,
+        complete: Any,
+        outcome: Outcome,
+        release: Any,
+    ) -> None:
+        self._response = response
+        self._complete = complete
+        self._outcome = outcome
+        self._release = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._response.iter_stream()
+        except Exception as error:
+            self._finish(Outcome(self._outcome.status, FailureKind.RESET, detail=str(error)))
+            raise_for(error, _NO_REQUEST)
+        self._finish(self._outcome)
+
+    def close(self) -> None:
+        try:
+            self._response.close()
+        finally:
+            self._finish(self._outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+            self._complete(outcome)
+
+
+_NO_REQUEST = httpx.Request("GET", "http://meshlib.invalid/")
+
+
+class MeshTransport(httpx.BaseTransport):
+    """An ``httpx.BaseTransport`` that routes every request through the mesh.
+
+    ``httpx.Client(transport=MeshTransport(runtime))``; one transport per runtime is enough
+    for any number of threads.
+    """
+
+    def __init__(
+        self,
+        runtime: OutboundRuntime,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        max_shards: int = DEFAULT_MAX_SHARDS,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
+    ) -> None:
+        self._base = _Base(
+            runtime,
+            ssl_context=ssl_context,
+            shard_size=shard_size,
+            max_shards=max_shards,
+            keepalive_expiry=keepalive_expiry,
+        )
+        self.runtime = runtime
+        self._pools = SyncPools(shard_size, max_shards)
+
+    def _factory(self, key: PoolKey) -> Any:
+        context, peers = self._base._tls_for(key)
+        backend = None
+        if peers is not None:
+            assert self.runtime.identity is not None
+            backend = mesh_backend(self.runtime.identity, peers, is_async=False)
+        return self._pools.new_pool(context, backend, self._base._keepalive_expiry)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._base._closed:
+            raise RuntimeError("the MeshTransport is closed")
+        runtime = self.runtime
+        call = build_call(request)
+        timeouts, caller_timeout = _caller_timeouts(request)
+        inherited = runtime.inherited_deadline
+        flow = outbound_flow(
+            call,
+            runtime,
+            caller_timeout=caller_timeout,
+            inherited_deadline=inherited() if inherited is not None else None,
+        )
+        pending: tuple[httpcore.Response, Any] | None = None
+        error: BaseException | None = None
+        attempts = 0
+        endpoint: str | None = None
+        try:
+            command = next(flow)
+            while True:
+                if pending is not None and not isinstance(command, Deliver):
+                    _close_sync(pending)
+                    pending = None
+                if isinstance(command, Send):
+                    attempt = command.attempt
+                    attempts += 1
+                    endpoint = str(attempt.endpoint)
+                    outcome, pending, error = self._send(request, call, attempt, timeouts)
+                    command = flow.send(outcome)
+                elif isinstance(command, Deliver):
+                    assert pending is not None
+                    response, release = pending
+                    pending = None
+                    return httpx.Response(
+                        response.status,
+                        headers=with_response_ops(
+                            response.headers,
+                            command.response_headers_set,
+                            command.response_headers_add,
+                            command.response_headers_remove,
+                        ),
+                        stream=_SyncBody(response, command.complete, command.outcome, release),
+                        extensions={
+                            **response.extensions,
+                            EXTENSION: response_info(
+                                command.flags, attempts=attempts, endpoint=endpoint, local=False
+                            ),
+                        },
+                    )
+                elif isinstance(command, Reply):
+                    return local_response(command, attempts, endpoint)
+                elif isinstance(command, Sleep):
+                    runtime.sleep(command.seconds)
+                    command = flow.send(None)
+                elif isinstance(command, WaitSlot):
+                    command = flow.send(_wait_sync(command))
+                else:
+                    assert isinstance(command, Fail)
+                    raise_for(error, request, command.outcome)
+                    raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            if pending is not None:
+                _close_sync(pending)
+            flow.close()
+
+    def _send(
+        self,
+        request: httpx.Request,
+        call: Call,
+        attempt: Attempt,
+        timeouts: Mapping[str, float | None] | None,
+    ) -> tuple[Outcome, tuple[httpcore.Response, Any] | None, BaseException | None]:
+        key = self._pool_key(request, attempt)
+        pools = self._pools
+        group, index = pools.acquire(key, self._factory)
+        pool = group.shards[index]
+
+        def release() -> None:
+            pools.release(group, index)
+
+        try:
+            core = self._base._core_request(request, call, attempt, key[0], timeouts)
+            response = pool.handle_request(core)
+        except Exception as error:
+            release()
+            kind = failure_kind(error)
+            if kind is None:
+                raise_for(error, request)
+                raise
+            return Outcome(failure=kind, detail=str(error)), None, error
+        except BaseException:
+            release()
+            raise
+        outcome = Outcome(status=response.status, headers=RawHeaders(response.headers))
+        return outcome, (response, release), None
+
+    def _pool_key(self, request: httpx.Request, attempt: Attempt) -> PoolKey:
+        return self._base._pool_key(request, attempt)
+
+    def close(self) -> None:
+        self._base._closed = True
+        self._pools.close()
+
+    @property
+    def connection_count(self) -> int:
+        """Open upstream connections (tests and debugging)."""
+        return self._pools.connection_count()
+
+
+def _close_sync(pending: tuple[httpcore.Response, Any]) -> None:
+    response, release = pending
+    try:
+        response.close()
+    finally:
+        release()
+
+
+def _wait_sync(command: WaitSlot) -> Outcome | None:
+    cluster = command.cluster
+    event = threading.Event()
+    waiter = cluster.wait_for_slot(event.set)
+    if waiter.admitted:
+        return None
+    try:
+        woken = event.wait(command.timeout)
+    except BaseException:
+        if not cluster.cancel_wait(waiter):
+            cluster.release()  # handed a slot meanwhile; the flow never learnt it held one
+        raise
+    if woken or not cluster.cancel_wait(waiter):
+        return None
+    return _WAIT_TIMED_OUT
+
+
+# ----------------------------------------------------------------------------------- async
+
+
+class _AsyncBody(httpx.AsyncByteStream):
+    def __init__(
+        self,
+        response: httpcore.Response,
+        complete: Any,
+        outcome: Outcome,
+        release: Any,
+    ) -> None:
+        self._response = response
+        self._complete = complete
+        self._outcome = outcome
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_stream():
+                yield chunk
+        except Exception as error:
+            self._finish(Outcome(self._outcome.status, FailureKind.RESET, detail=str(error)))
+            raise_for(error, _NO_REQUEST)
+        self._finish(self._outcome)
+
+    async def aclose(self) -> None:
+        try:
+            await self._response.aclose()
+        finally:
+            self._finish(self._outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+            self._complete(outcome)
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """An ``httpx.AsyncBaseTransport`` that routes every request through the mesh.
+
+    Sharded per-endpoint pools keep httpcore's bookkeeping small, so one shared
+    ``httpx.AsyncClient`` does not collapse with many requests in flight.
+    """
+
+    def __init__(
+        self,
+        runtime: OutboundRuntime,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        max_shards: int = DEFAULT_MAX_SHARDS,
+        keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
+    ) -> None:
+        self._base = _Base(
+            runtime,
+            ssl_context=ssl_context,
+            shard_size=shard_size,
+            max_shards=max_shards,
+            keepalive_expiry=keepalive_expiry,
+        )
+        self.runtime = runtime
+        self._pools = AsyncPools(shard_size, max_shards)
+
+    def _factory(self, key: PoolKey) -> Any:
+        context, peers = self._base._tls_for(key)
+        backend = None
+        if peers is not None:
+            assert self.runtime.identity is not None
+            backend = mesh_backend(self.runtime.identity, peers, is_async=True)
+        return self._pools.new_pool(context, backend, self._base._keepalive_expiry)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._base._closed:
+            raise RuntimeError("the AsyncMeshTransport is closed")
+        runtime = self.runtime
+        call = build_call(request)
+        timeouts, caller_timeout = _caller_timeouts(request)
+        inherited = runtime.inherited_deadline
+        flow = outbound_flow(
+            call,
+            runtime,
+            caller_timeout=caller_timeout,
+            inherited_deadline=inherited() if inherited is not None else None,
+        )
+        pending: tuple[httpcore.Response, Any] | None = None
+        error: BaseException | None = None
+        attempts = 0
+        endpoint: str | None = None
+        try:
+            command = next(flow)
+            while True:
+                if pending is not None and not isinstance(command, Deliver):
+                    await _close_async(pending)
+                    pending = None
+                if isinstance(command, Send):
+                    attempt = command.attempt
+                    attempts += 1
+                    endpoint = str(attempt.endpoint)
+                    outcome, pending, error = await self._send(request, call, attempt, timeouts)
+                    command = flow.send(outcome)
+                elif isinstance(command, Deliver):
+                    assert pending is not None
+                    response, release = pending
+                    pending = None
+                    return httpx.Response(
+                        response.status,
+                        headers=with_response_ops(
+                            response.headers,
+                            command.response_headers_set,
+                            command.response_headers_add,
+                            command.response_headers_remove,
+                        ),
+                        stream=_AsyncBody(response, command.complete, command.outcome, release),
+                        extensions={
+                            **response.extensions,
+                            EXTENSION: response_info(
+                                command.flags, attempts=attempts, endpoint=endpoint, local=False
+                            ),
+                        },
+                    )
+                elif isinstance(command, Reply):
+                    return local_response(command, attempts, endpoint)
+                elif isinstance(command, Sleep):
+                    sleep = runtime.async_sleep
+                    if sleep is None:
+                        await anyio.sleep(command.seconds)
+                    else:
+                        await sleep(command.seconds)  # type: ignore[misc]
+                    command = flow.send(None)
+                elif isinstance(command, WaitSlot):
+                    command = flow.send(await _wait_async(command))
+                else:
+                    assert isinstance(command, Fail)
+                    raise_for(error, request, command.outcome)
+                    raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            if pending is not None:
+                # Cancelled with a response in hand: its connection cannot be reused.
+                response, release = pending
+                release()
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+            flow.close()
+
+    async def _send(
+        self,
+        request: httpx.Request,
+        call: Call,
+        attempt: Attempt,
+        timeouts: Mapping[str, float | None] | None,
+    ) -> tuple[Outcome, tuple[httpcore.Response, Any] | None, BaseException | None]:
+        key = self._base._pool_key(request, attempt)
+        pools = self._pools
+        group, index = pools.acquire(key, self._factory)
+        pool = group.shards[index]
+
+        def release() -> None:
+            pools.release(group, index)
+
+        try:
+            core = self._base._core_request(request, call, attempt, key[0], timeouts)
+            response = await pool.handle_async_request(core)
+        except Exception as error:
+            release()
+            kind = failure_kind(error)
+            if kind is None:
+                raise_for(error, request)
+                raise
+            return Outcome(failure=kind, detail=str(error)), None, error
+        except BaseException:
+            release()
+            raise
+        outcome = Outcome(status=response.status, headers=RawHeaders(response.headers))
+        return outcome, (response, release), None
+
+    async def aclose(self) -> None:
+        self._base._closed = True
+        await self._pools.aclose()
+
+    @property
+    def connection_count(self) -> int:
+        return self._pools.connection_count()
+
+
+async def _close_async(pending: tuple[httpcore.Response, Any]) -> None:
+    response, release = pending
+    try:
+        await response.aclose()
+    finally:
+        release()
+
+
+async def _wait_async(command: WaitSlot) -> Outcome | None:
+    cluster = command.cluster
+    if sniffio.current_async_library() != "asyncio":
+        return await _poll_slot(command)
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def wake() -> None:
+        # The slot may be handed over by a sync client on another thread.
+        loop.call_soon_threadsafe(settle)
+
+    waiter = cluster.wait_for_slot(wake)
+    if waiter.admitted:
+        return None
+    try:
+        async with asyncio.timeout(command.timeout):
+            await future
+    except TimeoutError:
+        if cluster.cancel_wait(waiter):
+            return _WAIT_TIMED_OUT
+        return None
+    except BaseException:
+        if not cluster.cancel_wait(waiter):
+            cluster.release()  # handed a slot meanwhile; the flow never learnt it held one
+        raise
+    return None
+
+
+POLL_INTERVAL = 0.001
+"""How often a non-asyncio event loop checks whether its queued request was admitted."""
+
+
+async def _poll_slot(command: WaitSlot) -> Outcome | None:
+    cluster = command.cluster
+    waiter = cluster.wait_for_slot(lambda: None)
+    timeout = command.timeout
+    try:
+        with anyio.move_on_after(timeout):
+            while not waiter.admitted:  # noqa: ASYNC110 - the wake may come from another thread
+                await anyio.sleep(POLL_INTERVAL)
+            return None
+    except BaseException:
+        if not cluster.cancel_wait(waiter):
+            cluster.release()
+        raise
+    if cluster.cancel_wait(waiter):
+        return _WAIT_TIMED_OUT
+    return None
