@@ -14,6 +14,7 @@ TEST_TOOLS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-cov>=5", "hypothesis>
 TEST_PEERS = [
     "uvicorn>=0.30",
     "httptools>=0.6",
+    "hypercorn>=0.16",
     "starlette>=0.40",
     "fastapi>=0.110",
     "flask>=3",
@@ -51,7 +52,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typing(session: nox.Session) -> None:
-    session.install("mypy>=1.11", "types-PyYAML", ".[all]", *TEST_TOOLS)
+    session.install("mypy>=1.11", "types-PyYAML", ".[all]", "hypercorn>=0.16", *TEST_TOOLS)
     session.run("mypy", "meshlib", "tests/typing")
 
 

@@ -7,6 +7,8 @@ ASGI/WSGI/gRPC servers, configured with Istio YAML, with no sidecar.
 
 from __future__ import annotations
 
+# Subpackages users reach as attributes: meshlib.identity.LocalCA.load("ca/").
+from meshlib import identity as identity
 from meshlib._breaker import CircuitBreaker, CircuitOpenError, breakers, circuit_breaker
 from meshlib._mesh import Mesh
 from meshlib.errors import ConfigError, IdentityError, MeshError

@@ -325,6 +325,24 @@ class Mesh:
             log_level=log_level,
         )
 
+    def uvicorn_config(self, *, port: int = 0, http: str = "h11") -> dict[str, Any]:
+        """Keyword arguments for ``uvicorn.run``/``uvicorn.Config`` when you run uvicorn yourself:
+        rotating mTLS (client certificate required unless ``port`` is PERMISSIVE or DISABLE) and
+        the peer certificate in ``scope["extensions"]["tls"]`` for the middleware."""
+        from meshlib._identity.serving import uvicorn_config_kwargs
+
+        identity = self._require_identity("uvicorn_config")
+        strict = self.mtls_mode(port) == "STRICT"
+        return uvicorn_config_kwargs(identity, require_client_cert=strict, http=http)
+
+    def hypercorn_config(self, *, port: int = 0) -> Any:
+        """A ``hypercorn.config.Config`` with rotating mTLS (set ``bind`` on it as usual).
+        hypercorn cannot hand the peer certificate to the app: use uvicorn for authorization."""
+        from meshlib._identity.hypercorn_support import hypercorn_config
+
+        identity = self._require_identity("hypercorn_config")
+        return hypercorn_config(identity, require_client_cert=self.mtls_mode(port) == "STRICT")
+
     def grpc_server_credentials(self, *, require_client_auth: bool | None = None) -> Any:
         """Rotating ``grpc.ServerCredentials`` (extra ``grpc``); a client certificate is required
         unless the workload's PeerAuthentication is PERMISSIVE or DISABLE."""

@@ -160,3 +160,13 @@ def test_outbound_without_identity_is_plaintext() -> None:
         assert mesh.http_transport() is not mesh.http_transport()
         with pytest.raises(ValueError, match="needs an identity"):
             mesh.grpc_server_credentials()
+
+
+def test_config_helpers_for_servers_run_by_the_user(ca: LocalCA) -> None:
+    with meshlib.Mesh.from_text(STRICT, service_account="reviews", identity=ca) as mesh:
+        kwargs = mesh.uvicorn_config()
+        assert set(kwargs) == {"ssl_context_factory", "http"}
+        pytest.importorskip("hypercorn")
+        assert mesh.hypercorn_config().ssl_enabled
+    with meshlib.Mesh.from_text(STRICT) as plaintext, pytest.raises(ValueError, match="identity"):
+        plaintext.uvicorn_config()
