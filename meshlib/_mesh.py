@@ -3,8 +3,9 @@ builds the clients, servers and middleware that run the flows."""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -129,25 +130,14 @@ class Mesh:
         With ``watch`` (the default) edits are picked up: a bad edit keeps the last good
         configuration and shows in :attr:`config_status`.
         """
-        labels = dict(labels or {})
-        workload = workload or labels.get("app", "") or service_account
-        source = ConfigSource.from_paths(
-            _paths(config),
-            namespace=namespace,
-            workload=workload,
-            labels=labels,
-            service_account=service_account,
-            trust_domain=trust_domain,
-            watch=watch,
-        )
-        return cls(
-            source,
+        return cls._build(
+            functools.partial(ConfigSource.from_paths, _paths(config), watch=watch),
             workload=workload,
             namespace=namespace,
             service_account=service_account,
             labels=labels,
-            trust_domain=trust_domain,
             identity=identity,
+            trust_domain=trust_domain,
             dns_names=dns_names,
         )
 
@@ -165,10 +155,33 @@ class Mesh:
         dns_names: Iterable[str] = (),
     ) -> Mesh:
         """Configuration held in a string (tests, examples); never reloaded."""
+        return cls._build(
+            functools.partial(ConfigSource.from_text, text),
+            workload=workload,
+            namespace=namespace,
+            service_account=service_account,
+            labels=labels,
+            identity=identity,
+            trust_domain=trust_domain,
+            dns_names=dns_names,
+        )
+
+    @classmethod
+    def _build(
+        cls,
+        make_source: Callable[..., ConfigSource],
+        *,
+        workload: str | None,
+        namespace: str,
+        service_account: str,
+        labels: Mapping[str, str] | None,
+        identity: Any,
+        trust_domain: str,
+        dns_names: Iterable[str],
+    ) -> Mesh:
         labels = dict(labels or {})
         workload = workload or labels.get("app", "") or service_account
-        source = ConfigSource.from_text(
-            text,
+        source = make_source(
             namespace=namespace,
             workload=workload,
             labels=labels,
