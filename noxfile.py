@@ -15,6 +15,9 @@ TEST_PEERS = [
     "uvicorn>=0.30",
     "httptools>=0.6",
     "hypercorn>=0.16",
+    "websockets>=14",
+    "opentelemetry-instrumentation-httpx>=0.48b0",
+    "opentelemetry-instrumentation-asgi>=0.48b0",
     "starlette>=0.40",
     "fastapi>=0.110",
     "flask>=3",
@@ -81,3 +84,4 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     session.install(".[all]")
     session.run("meshlib", "validate", "examples/")
+    session.run("meshlib", "demo")

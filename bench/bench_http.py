@@ -1,13 +1,15 @@
 """What the mesh adds to an httpx request, as ratios against bare httpx in the same run.
 
-    python bench/bench_http.py [--requests N] [--rounds R] [--inflight K]
+    python bench/bench_http.py [--requests N] [--rounds R] [--inflight K] [--plaintext]
 
 The upstream is uvicorn in a child process on 127.0.0.1 (so client and server do not share
-a GIL). Sync: p50/p99 per request, one in flight, bare ``httpx.Client`` vs a client whose
-``MeshTransport`` runs a VirtualService with retries and a timeout and a DestinationRule with
-load balancing, outlier detection and pool limits. Async: requests per second with K in
-flight on one ``AsyncMeshTransport`` client, on one bare shared ``AsyncClient``, and on one
-bare client per worker. Variants are interleaved per round; every loop is bounded.
+a GIL), serving mesh mTLS (STRICT) with an SVID from a throwaway ``LocalCA``. Sync: p50/p99
+per request, one in flight, bare ``httpx.Client`` with the same client certificate vs a
+client whose ``MeshTransport`` runs a VirtualService with retries and a timeout and a
+DestinationRule with load balancing, outlier detection and pool limits. Async: requests per
+second with K in flight on one ``AsyncMeshTransport`` client, on one bare shared
+``AsyncClient``, and on one bare client per worker. Variants are interleaved in small
+batches; every loop is bounded.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,39 +31,53 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from meshlib._config.source import ConfigSource  # noqa: E402
-from meshlib._engine.runtime import build_runtime  # noqa: E402
+from meshlib._engine.runtime import OutboundRuntime, build_runtime  # noqa: E402
+from meshlib._identity.rotation import RotatingIdentity  # noqa: E402
+from meshlib._identity.sources import StaticSource  # noqa: E402
+from meshlib._identity.tls import client_context  # noqa: E402
 from meshlib.httpx import AsyncMeshTransport, MeshTransport  # noqa: E402
+from meshlib.identity import LocalCA  # noqa: E402
 
-START_TIMEOUT = 15.0
-SYNC_BATCH = 100
+START_TIMEOUT = 20.0
+SYNC_BATCH = 50
+WARMUP = 300
 HOST = "bench.default.svc.cluster.local"
+SERVER_SA = "bench"
+CLIENT_SA = "client"
+NAMESPACE = "default"
 
 
 async def app(scope: dict[str, object], receive: object, send: object) -> None:
     """The smallest ASGI answer: 200 with a short body."""
-    assert scope["type"] == "http"
+    if scope["type"] != "http":
+        return
     await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
     await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
 
 
-def serve(port: int) -> None:
-    import uvicorn
-
+def http_impl() -> str:
     try:
         import httptools  # noqa: F401
-
-        http = "httptools"
     except ImportError:
-        http = "h11"
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        http=http,
-        lifespan="off",
-        backlog=1024,
-    )
+        return "h11"
+    return "httptools"
+
+
+def serve(port: int, ca_dir: str | None) -> None:
+    """Child process: plaintext uvicorn, or mesh mTLS (STRICT) with an SVID of ``ca_dir``."""
+    if ca_dir is None:
+        import uvicorn
+
+        uvicorn.run(
+            app, host="127.0.0.1", port=port, log_level="warning", http=http_impl(),
+            lifespan="off", backlog=1024,
+        )  # fmt: skip
+        return
+    from meshlib._identity.serving import Server
+
+    ca = LocalCA.load(ca_dir)
+    identity = RotatingIdentity(StaticSource(ca.issue(NAMESPACE, SERVER_SA, [HOST])))
+    Server(app, identity=identity, port=port, mtls_mode="STRICT", http=http_impl()).run()
 
 
 def free_port() -> int:
@@ -68,34 +86,46 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+def start_server(port: int, ca_dir: str | None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, __file__, "--serve", str(port)]
+    if ca_dir is not None:
+        command += ["--ca", ca_dir]
+    process = subprocess.Popen(command)
+    wait_for_port(port, process)
+    return process
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until 127.0.0.1:port accepts; kills ``process`` and raises if it never does."""
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process
+                return
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError("the upstream did not start")
+    process.wait(START_TIMEOUT)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def config(port: int) -> str:
+def config(port: int, mtls: bool) -> str:
+    labels = "{version: v1, security.istio.io/tlsMode: istio}" if mtls else "{version: v1}"
+    account = f", serviceAccount: {SERVER_SA}" if mtls else ""
     return f"""
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: bench, namespace: default}}
+metadata: {{name: bench, namespace: {NAMESPACE}}}
 spec:
   hosts: [{HOST}]
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}, labels: {{version: v1}}}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}, labels: {labels}{account}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {{name: bench, namespace: default}}
+metadata: {{name: bench, namespace: {NAMESPACE}}}
 spec:
   host: bench
   trafficPolicy:
@@ -108,7 +138,7 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: bench, namespace: default}}
+metadata: {{name: bench, namespace: {NAMESPACE}}}
 spec:
   hosts: [bench]
   http:
@@ -134,7 +164,7 @@ def sync_round(client: httpx.Client, url: str, n: int) -> list[float]:
 
 
 async def async_rps(clients: list[httpx.AsyncClient], url: str, total: int, inflight: int) -> float:
-    per_worker = total // inflight
+    per_worker = max(1, total // inflight)
 
     async def worker(index: int) -> None:
         client = clients[index % len(clients)]
@@ -147,69 +177,112 @@ async def async_rps(clients: list[httpx.AsyncClient], url: str, total: int, infl
     return per_worker * inflight / (time.perf_counter() - start)
 
 
+class Setup:
+    """Upstream URL, the bare clients' TLS and the mesh runtime for one security mode."""
+
+    def __init__(self, port: int, ca: LocalCA | None) -> None:
+        self.mtls = ca is not None
+        scheme = "https" if self.mtls else "http"
+        self.bare_url = f"{scheme}://127.0.0.1:{port}/"
+        self.mesh_url = "http://bench/"
+        self.verify: ssl.SSLContext | bool = True
+        identity: RotatingIdentity | None = None
+        if ca is not None:
+            svid = ca.issue(NAMESPACE, CLIENT_SA)
+            # The same client certificate and trust as the mesh, without the SPIFFE check.
+            self.verify = client_context(svid, alpn=["http/1.1"])
+            identity = RotatingIdentity(StaticSource(svid))
+        source = ConfigSource.from_text(config(port, self.mtls), namespace=NAMESPACE)
+        self.runtime: OutboundRuntime = build_runtime(source, identity)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", type=int)
+    parser.add_argument("--ca")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--inflight", type=int, default=50)
+    parser.add_argument("--plaintext", action="store_true", help="no mTLS on either side")
+    parser.add_argument("--sync-only", action="store_true")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.ca)
         return
-    port = free_port()
-    server = start_server(port)
-    try:
-        run(port, args.requests, args.rounds, args.inflight)
-    finally:
-        server.terminate()
-        server.wait(10)
+    with tempfile.TemporaryDirectory() as folder:
+        ca = None
+        ca_dir = None
+        if not args.plaintext:
+            ca_dir = str(Path(folder) / "ca")
+            ca = LocalCA.create(ca_dir)
+        port = free_port()
+        server = start_server(port, ca_dir)
+        try:
+            setup = Setup(port, ca)
+            run_sync(setup, args.requests, args.rounds)
+            if not args.sync_only:
+                asyncio.run(run_async(setup, args.requests, args.rounds, args.inflight))
+        finally:
+            server.terminate()
+            server.wait(10)
 
 
-def run(port: int, n: int, rounds: int, inflight: int) -> None:
-    runtime = build_runtime(ConfigSource.from_text(config(port), namespace="default"))
-    bare_url = f"http://127.0.0.1:{port}/"
-    mesh_url = "http://bench/"
-    bare = httpx.Client()
-    mesh = httpx.Client(transport=MeshTransport(runtime))
-    sync_round(bare, bare_url, 200)  # warm up connections and caches
-    sync_round(mesh, mesh_url, 200)
+def run_sync(setup: Setup, n: int, rounds: int) -> tuple[float, float]:
+    """Prints and returns (p50, p99) added, in microseconds."""
+    bare = httpx.Client(verify=setup.verify)
+    mesh = httpx.Client(transport=MeshTransport(setup.runtime))
+    sync_round(bare, setup.bare_url, WARMUP)  # warm up connections and caches
+    sync_round(mesh, setup.mesh_url, WARMUP)
     bare_samples: list[float] = []
     mesh_samples: list[float] = []
+    # The client thread's CPU time per request, per batch: what the mesh costs the caller,
+    # much less sensitive than wall time to other load on a shared box.
+    bare_cpu: list[float] = []
+    mesh_cpu: list[float] = []
     # Small alternating batches: load drifting on a shared box hits both variants alike.
-    batches = max(1, n // SYNC_BATCH)
-    for _ in range(rounds * batches):
-        bare_samples += sync_round(bare, bare_url, SYNC_BATCH)
-        mesh_samples += sync_round(mesh, mesh_url, SYNC_BATCH)
+    for _ in range(rounds * max(1, n // SYNC_BATCH)):
+        for client, url, wall, cpu in (
+            (bare, setup.bare_url, bare_samples, bare_cpu),
+            (mesh, setup.mesh_url, mesh_samples, mesh_cpu),
+        ):
+            start = time.thread_time()
+            wall.extend(sync_round(client, url, SYNC_BATCH))
+            cpu.append((time.thread_time() - start) / SYNC_BATCH)
     bare.close()
     mesh.close()
     us = 1e6
     b50, b99 = percentile(bare_samples, 0.5) * us, percentile(bare_samples, 0.99) * us
     m50, m99 = percentile(mesh_samples, 0.5) * us, percentile(mesh_samples, 0.99) * us
-    print(f"sync, 1 in flight, {rounds}x{n} requests (plaintext)")
+    mode = "mTLS" if setup.mtls else "plaintext"
+    print(f"sync, 1 in flight, {len(mesh_samples)} requests per variant ({mode})")
     print(f"  bare httpx.Client      p50 {b50:7.0f} us   p99 {b99:7.0f} us")
     print(f"  MeshTransport          p50 {m50:7.0f} us   p99 {m99:7.0f} us")
     print(
         f"  added                  p50 {m50 - b50:+7.0f} us   p99 {m99 - b99:+7.0f} us   "
         f"ratio p50 {m50 / b50:.3f}"
     )
-    asyncio.run(run_async(runtime, port, n, rounds, inflight))
+    cpu_bare = statistics.median(bare_cpu) * us
+    cpu_mesh = statistics.median(mesh_cpu) * us
+    print(
+        f"  client CPU per request bare {cpu_bare:5.0f} us   mesh {cpu_mesh:5.0f} us   "
+        f"added {cpu_mesh - cpu_bare:+5.0f} us (median of {SYNC_BATCH}-request batches)"
+    )
+    return m50 - b50, m99 - b99
 
 
-async def run_async(runtime: object, port: int, n: int, rounds: int, inflight: int) -> None:
-    from meshlib._engine.runtime import OutboundRuntime
-
-    assert isinstance(runtime, OutboundRuntime)
-    bare_url = f"http://127.0.0.1:{port}/"
+async def run_async(setup: Setup, n: int, rounds: int, inflight: int) -> None:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    shared = httpx.AsyncClient(limits=limits)
-    per_worker = [httpx.AsyncClient() for _ in range(inflight)]
-    mesh = httpx.AsyncClient(transport=AsyncMeshTransport(runtime))
-    results: dict[str, list[float]] = {"mesh": [], "shared": [], "per-worker": []}
+    shared = httpx.AsyncClient(limits=limits, verify=setup.verify)
+    per_worker = [httpx.AsyncClient(verify=setup.verify) for _ in range(inflight)]
+    mesh = httpx.AsyncClient(transport=AsyncMeshTransport(setup.runtime))
+    variants = {"mesh": ([mesh], setup.mesh_url), "shared": ([shared], setup.bare_url)}
+    variants["per-worker"] = (per_worker, setup.bare_url)
+    for clients, url in variants.values():  # handshakes happen outside the measurement
+        await async_rps(clients, url, inflight * 2, inflight)
+    results: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        results["mesh"].append(await async_rps([mesh], "http://bench/", n, inflight))
-        results["shared"].append(await async_rps([shared], bare_url, n, inflight))
-        results["per-worker"].append(await async_rps(per_worker, bare_url, n, inflight))
+        for name, (clients, url) in variants.items():
+            results[name].append(await async_rps(clients, url, n, inflight))
     for client in (shared, mesh, *per_worker):
         await client.aclose()
     med = {name: statistics.median(values) for name, values in results.items()}

@@ -12,8 +12,15 @@ import sys
 import time
 from collections.abc import Callable
 
+from meshlib._engine.inbound import InboundRecord
+from meshlib._engine.runtime import RequestRecord
+from meshlib._model.call import Call, Peer
+from meshlib._model.commands import Attempt
+from meshlib._model.endpoint import Endpoint
+from meshlib._model.outcome import Classification, Outcome
 from meshlib._telemetry.context import enter_inbound, exit_inbound, outbound_headers
-from meshlib._telemetry.metrics import EdgeLabels, WorkloadLabels
+from meshlib._telemetry.hooks import InboundTelemetry, OutboundTelemetry
+from meshlib._telemetry.metrics import EdgeLabels, MetricsSink, WorkloadLabels
 from meshlib._telemetry.tracing import Tracing
 
 BATCH = 200
@@ -57,6 +64,55 @@ def edge() -> EdgeLabels:
         destination_service_name="reviews",
         destination_service_namespace="default",
     )
+
+
+TOTAL_ROW = "TOTAL unsampled outbound hooks: headers+on_attempt+on_request"
+CLUSTER = "outbound|9080|v2|reviews.default.svc.cluster.local"
+
+
+def outbound_hooks_path(sink: MetricsSink, tracing: Tracing) -> Callable[[], None]:
+    """What the flow calls for one unsampled request with one attempt (meshlib's real hooks)."""
+    telemetry = OutboundTelemetry(
+        sink, tracing, source=WorkloadLabels.from_workload(workload="productpage-v1")
+    )
+    endpoint = Endpoint("10.0.0.2", 9080, labels={"app": "reviews", "version": "v2"})
+    call = Call("http", "GET", "http", "reviews:9080", "reviews", 9080, "/r", {})
+    attempt = Attempt(endpoint=endpoint, number=1, timeout=None, cluster=CLUSTER, tls=True)
+    outcome = Outcome(200)
+    record = RequestRecord(call, "reviews.default.svc.cluster.local", CLUSTER, 200, (), 1,
+                           endpoint, 1.0, 1.01)  # fmt: skip
+    headers, on_attempt, on_request = (
+        telemetry.outbound_headers,
+        telemetry.on_attempt,
+        telemetry.on_request,
+    )
+
+    def run() -> None:
+        headers(1.0, 4.0)
+        on_attempt(call, attempt, outcome, Classification.SUCCESS)
+        on_request(record)
+
+    return run
+
+
+def inbound_hooks_path(sink: MetricsSink, tracing: Tracing) -> Callable[[], None]:
+    telemetry = InboundTelemetry(
+        sink,
+        tracing,
+        destination=WorkloadLabels.from_workload(workload="reviews-v2"),
+        service="reviews.default.svc.cluster.local",
+    )
+    peer = Peer(spiffe_id="spiffe://cluster.local/ns/default/sa/productpage", mtls=True)
+    call = Call("http", "GET", "http", "reviews:9080", "reviews", 9080, "/r", INBOUND_HEADERS,
+                peer=peer)  # fmt: skip
+    record = InboundRecord(call, 200, (), 1.0, 1.01, peer)
+    extract, detach, on_request = telemetry.extract, telemetry.detach, telemetry.on_request
+
+    def run() -> None:
+        detach(extract(call, 1.0))
+        on_request(record)
+
+    return run
 
 
 def main() -> int:
@@ -125,9 +181,13 @@ def main() -> int:
                 prom.request(labels_edge.labels(200), 12.5, 320, 4100)
 
             combined = p50_us(unsampled_hot_path)
-            rows.append(("TOTAL unsampled outbound: active+headers+metrics", combined))
+            rows.append(("primitives unsampled outbound: active+headers+metrics", combined))
+            rows.append((TOTAL_ROW, p50_us(outbound_hooks_path(prom, passthrough))))
     finally:
         exit_inbound(token)
+    if sink is not None:
+        rows.append(("TOTAL unsampled inbound hooks: extract+detach+on_request",
+                     p50_us(inbound_hooks_path(sink, passthrough))))  # fmt: skip
 
     try:
         from opentelemetry.sdk.trace import TracerProvider
@@ -170,7 +230,7 @@ def main() -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value:8.2f} µs")
-    total = dict(rows).get("TOTAL unsampled outbound: active+headers+metrics")
+    total = dict(rows).get(TOTAL_ROW)
     if total is not None:
         verdict = "OK" if total <= TARGET_US else "OVER"
         print(f"target <= {TARGET_US} µs for the unsampled total: {verdict}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from meshlib import identity as identity
 from meshlib._breaker import CircuitBreaker, CircuitOpenError, breakers, circuit_breaker
 from meshlib._mesh import Mesh
+from meshlib._telemetry.instrument import instrument, uninstrument
 from meshlib.errors import ConfigError, IdentityError, MeshError
 
 __version__ = "0.1.0"
@@ -25,4 +26,6 @@ __all__ = [
     "__version__",
     "breakers",
     "circuit_breaker",
+    "instrument",
+    "uninstrument",
 ]

@@ -19,6 +19,7 @@ from meshlib._config.compile import compile_snapshot
 from meshlib._config.issues import ConfigIssue, Severity
 from meshlib._config.loader import CODE_UNREADABLE, LoadResult, load_paths
 from meshlib._config.show import snapshot_to_dict
+from meshlib._policy.limits import UNLIMITED
 
 __all__ = ["EXIT_INVALID", "EXIT_OK", "EXIT_USAGE", "Output", "register", "show", "validate"]
 
@@ -162,7 +163,12 @@ def show(
 
 
 def _fmt(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:g}s"
+    return "none" if seconds is None else f"{seconds:g}s"
+
+
+def _limit(value: int) -> str:
+    # Istio's "unset" limits are 2^32-1 (0 for perConnection): say what they mean.
+    return "unlimited" if value in (0, UNLIMITED) else str(value)
 
 
 def _print_view(view: dict[str, Any]) -> None:
@@ -187,20 +193,23 @@ def _print_view(view: dict[str, Any]) -> None:
         for dest in route["destinations"]:
             out.print(
                 escape(
-                    f"      -> {dest['host']} subset {dest['subset'] or '-'} "
-                    f"port {dest['port'] or '-'} weight {dest['weight']} ({dest['share']:g}%)"
+                    f"      -> {dest['host']} subset {dest['subset'] or '(all endpoints)'} "
+                    f"port {dest['port'] or '(as called)'} weight {dest['weight']}"
+                    f" ({dest['share']:g}%)"
                 )
             )
         retries = route["retries"]
         out.print(
             escape(
                 f"      timeout {_fmt(route['timeout'])}; retries {retries['attempts']} on "
-                f"{','.join(retries['retry_on']) or '-'} codes "
-                f"{','.join(map(str, retries['retriable_status_codes'])) or '-'} per-try "
+                f"{','.join(retries['retry_on']) or 'nothing'} codes "
+                f"{','.join(map(str, retries['retriable_status_codes'])) or 'none'} per-try "
                 f"{_fmt(retries['per_try_timeout'])} backoff {_fmt(retries['backoff_base'])}"
                 f"..{_fmt(retries['backoff_max'])}"
             )
         )
+        if not route["fault"]:
+            out.print("      fault: none")
         for key in ("fault", "rewrite", "redirect", "direct_response", "headers", "mirrors"):
             if route[key]:
                 out.print(escape(f"      {key}: {json.dumps(route[key])}"))
@@ -217,11 +226,12 @@ def _print_view(view: dict[str, Any]) -> None:
             )
             out.print(
                 escape(
-                    f"    port {port}: pool maxConnections {pool['max_connections']} "
-                    f"pending {pool['http1_max_pending_requests']} requests "
-                    f"{pool['http2_max_requests']} perConnection "
-                    f"{pool['max_requests_per_connection']} connectTimeout "
-                    f"{_fmt(pool['connect_timeout'])}; lb {lb['simple']}; tls "
+                    f"    port {port}: pool maxConnections {_limit(pool['max_connections'])} "
+                    f"pending {_limit(pool['http1_max_pending_requests'])} requests "
+                    f"{_limit(pool['http2_max_requests'])} perConnection "
+                    f"{_limit(pool['max_requests_per_connection'])} retries "
+                    f"{_limit(pool['max_retries'])} connectTimeout "
+                    f"{_fmt(pool['connect_timeout'])}; lb {_lb_text(lb)}; tls "
                     f"{policy['tls'] if isinstance(policy['tls'], str) else policy['tls']['mode']}"
                 )
             )
@@ -240,6 +250,17 @@ def _print_view(view: dict[str, Any]) -> None:
         for port, endpoints in subset["endpoints"].items():
             listed = ", ".join(f"{e['address']}:{e['port']}" for e in endpoints) or "none"
             out.print(escape(f"    endpoints (service port {port}): {listed}"))
+
+
+def _lb_text(lb: dict[str, Any]) -> str:
+    hashing = lb["consistent_hash"]
+    if hashing is None:
+        return str(lb["simple"])
+    keys = ("http_header_name", "http_cookie_name", "http_query_parameter_name")
+    key = next((f"{k} {hashing[k]}" for k in keys if hashing[k]), None)
+    if key is None:
+        key = "source IP" if hashing["use_source_ip"] else "nothing (random)"
+    return f"{'MAGLEV' if hashing['maglev'] else 'RING_HASH'} on {key}"
 
 
 def _match_text(match: dict[str, Any] | None) -> str:

@@ -38,10 +38,9 @@ from meshlib._engine.snapshot import (
 )
 from meshlib._model.endpoint import Endpoint
 from meshlib._policy import balancing, limits, outliers, retries
-from meshlib._policy.authz import Authorizer
 from meshlib._policy.faults import FaultPolicy
 from meshlib._policy.matching import HttpMatch, MatchKind, StringMatch
-from meshlib._policy.peerauth import WorkloadMtls
+from meshlib._policy.paths import DEFAULT_PATH_NORMALIZATION, PathNormalization
 from meshlib._policy.routing import (
     DirectResponse,
     HeaderOps,
@@ -57,6 +56,7 @@ from meshlib._policy.traffic import ClientTls, DestinationPolicy, Subset, Traffi
 
 if TYPE_CHECKING:
     from meshlib._config.loader import LoadedResource, LoadResult
+    from meshlib._policy.authz import AuthzRequest
 
 __all__ = [
     "GRPC_STATUS_CODES",
@@ -118,6 +118,7 @@ def _ref(res: LoadedResource) -> str:
 class _Context:
     identity: MeshIdentity
     issues: list[ConfigIssue] = field(default_factory=list)
+    root_namespace: str = ROOT_NAMESPACE
 
     def report(
         self, res: LoadedResource, path: str, message: str, code: str, *, error: bool = False
@@ -162,8 +163,17 @@ def compile_snapshot(
     service_account: str = "default",
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
     generation: int = 1,
+    root_namespace: str = ROOT_NAMESPACE,
+    path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION,
+    custom_providers: Mapping[str, Callable[[AuthzRequest], bool]] | None = None,
+    case_insensitive_paths: bool = False,
 ) -> tuple[MeshSnapshot, list[ConfigIssue]]:
-    """Build the snapshot this workload uses, with the issues found while compiling."""
+    """Build the snapshot this workload uses, with the issues found while compiling.
+
+    ``root_namespace``, ``path_normalization``, ``custom_providers`` and
+    ``case_insensitive_paths`` are the mesh-wide settings of Istio's MeshConfig
+    (``rootNamespace``, ``pathNormalization``, ``extensionProviders``) and default to Istio's.
+    """
     identity = MeshIdentity(
         namespace=namespace,
         workload=workload,
@@ -171,7 +181,7 @@ def compile_snapshot(
         service_account=service_account,
         trust_domain=trust_domain,
     )
-    ctx = _Context(identity)
+    ctx = _Context(identity, root_namespace=root_namespace)
     by_kind = _group(result.resources)
     services = _compile_services(
         ctx, by_kind.get("ServiceEntry", []), by_kind.get("WorkloadEntry", [])
@@ -197,28 +207,25 @@ def compile_snapshot(
             continue  # only a route target with nothing configured: plain DNS
         configs.append(_host_config(host, generation, routes, service, policy))
 
-    authorization, peer_authentication = _compile_security(ctx, result)
+    authorizer, mtls, security_issues = compile_security(
+        result,
+        namespace=identity.namespace,
+        labels=identity.labels,
+        trust_domain=identity.trust_domain,
+        root_namespace=root_namespace,
+        path_normalization=path_normalization,
+        custom_providers=custom_providers,
+        case_insensitive_paths=case_insensitive_paths,
+    )
+    ctx.issues.extend(security_issues)
     snapshot = MeshSnapshot.build(
         generation,
         identity,
         configs,
-        authorization=authorization,
-        peer_authentication=peer_authentication,
+        authorization=authorizer,
+        peer_authentication=mtls,
     )
     return snapshot, ctx.issues
-
-
-def _compile_security(
-    ctx: _Context, result: LoadResult
-) -> tuple[Authorizer | None, WorkloadMtls | None]:
-    authorizer, mtls, issues = compile_security(
-        result,
-        namespace=ctx.identity.namespace,
-        labels=ctx.identity.labels,
-        trust_domain=ctx.identity.trust_domain,
-    )
-    ctx.issues.extend(issues)
-    return authorizer, mtls
 
 
 def by_age(resources: Iterable[LoadedResource]) -> list[LoadedResource]:
@@ -800,7 +807,7 @@ def _resolve_destination_rule(
     ctx: _Context, index: _RuleIndex, host: str, service: _Service | None
 ) -> DestinationPolicy | None:
     """ISTIO-SEMANTICS 2.1: client ns, then service ns, then root ns; exact over wildcard."""
-    scopes = [ctx.identity.namespace, service_namespace(host, service), ROOT_NAMESPACE]
+    scopes = [ctx.identity.namespace, service_namespace(host, service), ctx.root_namespace]
     seen: set[str] = set()
     for scope in scopes:
         if scope is None or scope in seen:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ __all__ = [
     "CODE_SYNTAX",
     "CODE_UNREADABLE",
     "CONFIG_SUFFIXES",
+    "NOT_AN_OBJECT",
     "LoadResult",
     "LoadedResource",
     "load_paths",
@@ -48,7 +50,17 @@ CODE_SCHEMA = "meshlib.schema"
 CODE_API_VERSION = "meshlib.api-version"
 CODE_DUPLICATE = "meshlib.duplicate"
 
+NOT_AN_OBJECT = "(not a Kubernetes object)"
+"""The ``skipped`` key of documents with none of apiVersion, kind, metadata and spec."""
+_OBJECT_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec"})
+
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _SafeLoader(_BaseLoader):  # type: ignore[misc]  # PyYAML is untyped here
@@ -58,15 +70,77 @@ class _SafeLoader(_BaseLoader):  # type: ignore[misc]  # PyYAML is untyped here
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool):
-                continue  # PyYAML itself refuses unhashable keys, below
+            if key_node.tag == _MERGE_TAG:
+                continue  # ``<<``: merged keys may be overridden, PyYAML resolves them
+            if type(key_node) is yaml.ScalarNode and key_node.tag == _STR_TAG:
+                key: Any = key_node.value  # the common case, without constructing it twice
+            else:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool):
+                    continue  # PyYAML itself refuses unhashable keys, below
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
             seen.add(key)
         return dict(super().construct_mapping(node, deep=deep))
+
+    def document(self, node: yaml.Node) -> Any:
+        """The Python value of one composed document.
+
+        Plain maps, lists and strings (nearly all of a config) are built here directly;
+        anything else (numbers, merge keys, explicit tags) goes through PyYAML's constructor.
+        Aliases share one object, as with PyYAML, and a recursive one is refused.
+        """
+        done: dict[int, Any] = {}
+        active: set[int] = set()
+
+        def build(node: yaml.Node) -> Any:
+            kind = type(node)
+            if kind is yaml.ScalarNode:
+                return node.value if node.tag == _STR_TAG else self.construct_object(node, True)
+            key = id(node)
+            if key in done:
+                return done[key]
+            if key in active:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "recursive alias", node.start_mark
+                )
+            active.add(key)
+            value: Any
+            if kind is yaml.SequenceNode and node.tag == _SEQ_TAG:
+                value = [build(item) for item in node.value]
+            elif kind is yaml.MappingNode and node.tag == _MAP_TAG and not _merges(node):
+                value = {}
+                for key_node, value_node in node.value:
+                    item_key = build(key_node)
+                    try:
+                        present = item_key in value
+                    except TypeError:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, "found unhashable key", key_node.start_mark
+                        ) from None
+                    if present:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {item_key!r}", key_node.start_mark
+                        )
+                    value[item_key] = build(value_node)
+            else:
+                value = self.construct_object(node, deep=True)
+            active.discard(key)
+            done[key] = value
+            return value
+
+        try:
+            return build(node)
+        finally:
+            # PyYAML's per-document memo (construct_document resets it the same way).
+            self.constructed_objects: dict[Any, Any] = {}
+            self.recursive_objects: dict[Any, Any] = {}
+
+
+def _merges(node: yaml.Node) -> bool:
+    return any(key.tag == _MERGE_TAG for key, _value in node.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +191,20 @@ class LoadResult:
 
 
 def load_paths(
-    paths: Sequence[str | Path], default_namespace: str, *, validate: bool = True
+    paths: Sequence[str | Path],
+    default_namespace: str,
+    *,
+    validate: bool = True,
+    cooperative: bool = False,
 ) -> LoadResult:
     """Load files and folders (recursively: ``*.yaml``, ``*.yml``, ``*.json``, sorted).
 
     ``validate`` also applies Istio's single-resource rules (``validate.validate_resource``); a
     resource with an error is then left out of ``resources``, as istiod would refuse it.
+    ``cooperative`` (hot reload in a background thread) offers the GIL to other threads after
+    every document, so that requests served meanwhile are not held up for a switch interval.
     """
-    builder = _Builder(default_namespace, validate)
+    builder = _Builder(default_namespace, validate, cooperative)
     for path in paths:
         for file in _files(Path(path), builder):
             try:
@@ -166,9 +246,10 @@ def _files(path: Path, builder: _Builder) -> Iterator[Path]:
 
 
 class _Builder:
-    def __init__(self, default_namespace: str, validate: bool) -> None:
+    def __init__(self, default_namespace: str, validate: bool, cooperative: bool = False) -> None:
         self.default_namespace = default_namespace
         self.validate = validate
+        self.cooperative = cooperative
         self.resources: list[LoadedResource] = []
         self.skipped: Counter[str] = Counter()
         self.issues: list[ConfigIssue] = []
@@ -214,9 +295,11 @@ class _Builder:
         index = 0
         loader = _SafeLoader(text)
         try:
-            while loader.check_data():
-                self.add_document(loader.get_data(), file, index)
+            while loader.check_node():
+                self.add_document(loader.document(loader.get_node()), file, index)
                 index += 1
+                if self.cooperative:
+                    time.sleep(0)  # releases the GIL: a waiting request thread runs now
         except yaml.YAMLError as exc:
             self.error(_yaml_message(exc), file, index, code=CODE_SYNTAX)
         finally:
@@ -249,6 +332,10 @@ class _Builder:
 
     def add_object(self, obj: dict[Any, Any], file: str, index: int, item: int | None) -> None:
         prefix = "" if item is None else f"items[{item}]."
+        if obj.keys().isdisjoint(_OBJECT_KEYS):
+            # Another tool's YAML next to the manifests (Helm values, test cases): no object.
+            self.skipped[NOT_AN_OBJECT] += 1
+            return
         envelope: dict[str, str] = {}
         for key in ("apiVersion", "kind"):
             value = obj.get(key)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshlib._config.compile import compile_snapshot
-from meshlib._config.hosts import DEFAULT_TRUST_DOMAIN
+from meshlib._config.hosts import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE
 from meshlib._config.loader import LoadResult, load_paths, load_text
 from meshlib._config.watch import (
     DEFAULT_DEBOUNCE,
@@ -16,9 +17,24 @@ from meshlib._config.watch import (
     ConfigWatcher,
 )
 from meshlib._engine.snapshot import MeshSnapshot
+from meshlib._policy.authz import AuthzRequest
+from meshlib._policy.paths import DEFAULT_PATH_NORMALIZATION, PathNormalization
 from meshlib.errors import ConfigError
 
-__all__ = ["ConfigSource", "build_function"]
+__all__ = ["ConfigSource", "MeshSettings", "build_function"]
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """The mesh-wide settings Istio keeps in MeshConfig; every default is Istio's."""
+
+    root_namespace: str = ROOT_NAMESPACE
+    path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION
+    custom_providers: Mapping[str, Callable[[AuthzRequest], bool]] = field(default_factory=dict)
+    case_insensitive_paths: bool = False
+
+
+DEFAULT_MESH_SETTINGS = MeshSettings()
 
 
 def build_function(
@@ -29,6 +45,7 @@ def build_function(
     labels: Mapping[str, str] | None = None,
     service_account: str = "default",
     trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    settings: MeshSettings = DEFAULT_MESH_SETTINGS,
 ) -> BuildFn:
     """A build step (load, then compile) for ConfigWatcher, for one workload identity."""
 
@@ -42,6 +59,10 @@ def build_function(
             service_account=service_account,
             trust_domain=trust_domain,
             generation=generation,
+            root_namespace=settings.root_namespace,
+            path_normalization=settings.path_normalization,
+            custom_providers=settings.custom_providers,
+            case_insensitive_paths=settings.case_insensitive_paths,
         )
         return BuildResult(snapshot, (*loaded.issues, *issues), loaded.skipped)
 
@@ -79,16 +100,26 @@ class ConfigSource:
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         watch: bool = False,
         debounce: float = DEFAULT_DEBOUNCE,
+        root_namespace: str = ROOT_NAMESPACE,
+        path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION,
+        custom_providers: Mapping[str, Callable[[AuthzRequest], bool]] | None = None,
+        case_insensitive_paths: bool = False,
     ) -> ConfigSource:
         """Load files and folders of Istio YAML; raises ConfigError if the first build fails."""
         paths = tuple(paths)
         build = build_function(
-            lambda: load_paths(paths, namespace),
+            lambda: load_paths(paths, namespace, cooperative=True),
             namespace=namespace,
             workload=workload,
             labels=labels,
             service_account=service_account,
             trust_domain=trust_domain,
+            settings=MeshSettings(
+                root_namespace,
+                path_normalization,
+                dict(custom_providers or {}),
+                case_insensitive_paths,
+            ),
         )
         return cls(build, paths, watch=watch, debounce=debounce)
 
@@ -103,6 +134,10 @@ class ConfigSource:
         service_account: str = "default",
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         name: str = "<config>",
+        root_namespace: str = ROOT_NAMESPACE,
+        path_normalization: PathNormalization = DEFAULT_PATH_NORMALIZATION,
+        custom_providers: Mapping[str, Callable[[AuthzRequest], bool]] | None = None,
+        case_insensitive_paths: bool = False,
     ) -> ConfigSource:
         """In-memory configuration (tests, ``meshlib.testing``); never watched."""
         build = build_function(
@@ -112,6 +147,12 @@ class ConfigSource:
             labels=labels,
             service_account=service_account,
             trust_domain=trust_domain,
+            settings=MeshSettings(
+                root_namespace,
+                path_normalization,
+                dict(custom_providers or {}),
+                case_insensitive_paths,
+            ),
         )
         return cls(build)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import json
 import math
@@ -95,11 +96,29 @@ _POLICY_FIELDS_NOT_ENFORCED = (
     "proxyProtocol",
     "loadBalancer.warmup",
     "loadBalancer.warmupDurationSecs",
+    # Only ``enabled`` acts (locality-prioritised picking needs outlier detection, as in Istio).
+    "loadBalancer.localityLbSetting.distribute",
+    "loadBalancer.localityLbSetting.failover",
     "loadBalancer.localityLbSetting.failoverPriority",
+    # The cookie is hashed when the client sends it; none is generated when ttl is set.
+    "loadBalancer.consistentHash.httpCookie.ttl",
     "loadBalancer.zoneAwareLbSetting",
     "connectionPool.http.h2UpgradePolicy",
+    "connectionPool.http.useClientProtocol",
+    "connectionPool.http.maxConcurrentStreams",
+    "connectionPool.http.idleTimeout",
+    "connectionPool.tcp.idleTimeout",
     "connectionPool.tcp.tcpKeepalive",
     "connectionPool.tcp.maxConnectionDuration",
+    # Mesh mTLS (ISTIO_MUTUAL) and DISABLE act; TLS origination with files does not.
+    "tls.mode=SIMPLE",
+    "tls.mode=MUTUAL",
+    "tls.sni",
+    "tls.clientCertificate",
+    "tls.privateKey",
+    "tls.caCertificates",
+    "tls.caCrl",
+    "tls.insecureSkipVerify",
     "tls.credentialName",
 )
 
@@ -109,14 +128,15 @@ NOT_ENFORCED: frozenset[str] = frozenset(
         "VirtualService:spec.tcp",
         "VirtualService:spec.tls",
         "VirtualService:spec.http[].corsPolicy",
+        # Mirrors are compiled (``meshlib show``) but no shadow request is sent.
         "VirtualService:spec.http[].mirror",
         "VirtualService:spec.http[].mirrors",
         "VirtualService:spec.http[].mirrorPercentage",
         "VirtualService:spec.http[].mirrorPercent",
         "VirtualService:spec.http[].delegate",
         "VirtualService:spec.http[].match[].statPrefix",
+        "VirtualService:spec.http[].retries.retryRemoteLocalities",
         # DestinationRule
-        "DestinationRule:spec.workloadSelector",
         *(
             f"DestinationRule:{where}.{what}"
             for where in _TRAFFIC_POLICIES
@@ -124,17 +144,9 @@ NOT_ENFORCED: frozenset[str] = frozenset(
         ),
         # ServiceEntry
         "ServiceEntry:spec.resolution=DNS_ROUND_ROBIN",
-        # AuthorizationPolicy
-        "AuthorizationPolicy:spec.action=CUSTOM",
-        "AuthorizationPolicy:spec.provider",
+        # AuthorizationPolicy: a sidecar never applies targetRef(s) policies.
         "AuthorizationPolicy:spec.targetRef",
         "AuthorizationPolicy:spec.targetRefs",
-        "AuthorizationPolicy:spec.rules[].from[].source.requestPrincipals",
-        "AuthorizationPolicy:spec.rules[].from[].source.notRequestPrincipals",
-        "AuthorizationPolicy:spec.rules[].from[].source.remoteIpBlocks",
-        "AuthorizationPolicy:spec.rules[].from[].source.notRemoteIpBlocks",
-        "AuthorizationPolicy:spec.rules[].when[].key=request.auth.*",
-        "AuthorizationPolicy:spec.rules[].when[].key=remote.ip",
     }
 )
 """``Kind:dotted.pattern`` of fields that load but that meshlib does not act on. ``[]`` stands for
@@ -2154,34 +2166,55 @@ def _not_enforced(v: _Validator, kind: str, path: str, model: BaseModel) -> None
     _walk(v, f"{kind}:", path, path, model)
 
 
+def _index_not_enforced(
+    entries: Iterable[str],
+) -> tuple[frozenset[str], dict[str, tuple[frozenset[str], tuple[str, ...]]]]:
+    """The patterns worth descending into, and the ``=VALUE`` entries by pattern."""
+    descend: set[str] = set()
+    values: dict[str, tuple[set[str], list[str]]] = {}
+    for entry in entries:
+        base, has_value, value = entry.partition("=")
+        descend.update(base[:i] for i, char in enumerate(base) if char in ".[")
+        if has_value:
+            exact, prefixes = values.setdefault(base, (set(), []))
+            if value.endswith("*"):
+                prefixes.append(value[:-1])
+            else:
+                exact.add(value)
+    return frozenset(descend), {k: (frozenset(e), tuple(p)) for k, (e, p) in values.items()}
+
+
+_DESCEND, _VALUE_ENTRIES = _index_not_enforced(NOT_ENFORCED)
+
+
+@functools.cache
+def _keys(model: type[BaseModel]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, camel(name)) for name in model.model_fields)
+
+
 def _walk(v: _Validator, kind: str, pattern: str, path: str, model: BaseModel) -> None:
-    for name in type(model).model_fields:
+    # Only subtrees that can hold a listed entry are visited: this runs for every resource.
+    for name, key in _keys(type(model)):
         value = getattr(model, name)
         if value is None:
             continue
-        key = camel(name)
-        sub_pattern, sub_path = f"{pattern}.{key}", f"{path}.{key}"
-        if _listed(kind + sub_pattern, value):
-            v.warn(sub_path, NOT_ENFORCED_MESSAGE, CODE_NOT_ENFORCED)
-            continue
-        if isinstance(value, BaseModel):
-            _walk(v, kind, sub_pattern, sub_path, value)
-        elif isinstance(value, list):
+        sub_pattern = f"{kind}{pattern}.{key}"
+        if _listed(sub_pattern, value):
+            v.warn(f"{path}.{key}", NOT_ENFORCED_MESSAGE, CODE_NOT_ENFORCED)
+        elif isinstance(value, BaseModel):
+            if sub_pattern in _DESCEND:
+                _walk(v, kind, f"{pattern}.{key}", f"{path}.{key}", value)
+        elif isinstance(value, list) and f"{sub_pattern}[]" in _DESCEND:
             for i, item in enumerate(value):
                 if isinstance(item, BaseModel):
-                    _walk(v, kind, f"{sub_pattern}[]", f"{sub_path}[{i}]", item)
+                    _walk(v, kind, f"{pattern}.{key}[]", f"{path}.{key}[{i}]", item)
 
 
 def _listed(pattern: str, value: object) -> bool:
     if pattern in NOT_ENFORCED:
         return True
-    if not isinstance(value, str):
+    entries = _VALUE_ENTRIES.get(pattern)
+    if entries is None or not isinstance(value, str):
         return False
-    if f"{pattern}={value}" in NOT_ENFORCED:
-        return True
-    return any(
-        entry.endswith("*")
-        and entry.startswith(f"{pattern}=")
-        and value.startswith(entry[len(pattern) + 1 : -1])
-        for entry in NOT_ENFORCED
-    )
+    exact, prefixes = entries
+    return value in exact or value.startswith(prefixes)

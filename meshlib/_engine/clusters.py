@@ -179,24 +179,71 @@ class ClusterState:
     ) -> Endpoint | None:
         """A non-ejected endpoint (all of them in panic), closest locality first; None: 503 UH."""
         with self._lock:
-            detector = self._detector
-            levels = self._levels
-            if detector is None:
-                return self._balancers[0].pick(levels[0], rng, hash_key=hash_key, exclude=exclude)
+            return self._pick(rng, hash_key, exclude, now)
+
+    def begin(
+        self,
+        rng: Random,
+        hash_key: int | None,
+        exclude: Collection[Endpoint],
+        now: float,
+    ) -> tuple[Admission, Endpoint | None]:
+        """``admit``, then when admitted ``pick`` and ``start``: one lock round-trip.
+
+        ``(ADMITTED, None)`` holds a request slot but found no endpoint (503 UH): release it.
+        """
+        with self._lock:
+            admission = self._limiter.try_acquire_request()
+            if admission is not Admission.ADMITTED:
+                return admission, None
+            endpoint = self._pick(rng, hash_key, exclude, now)
+            if endpoint is not None:
+                self._balancers[0].on_start(endpoint)
+            return admission, endpoint
+
+    def pick_and_start(
+        self,
+        rng: Random,
+        hash_key: int | None,
+        exclude: Collection[Endpoint],
+        now: float,
+    ) -> Endpoint | None:
+        """``pick`` and ``start`` under one lock (after a queued request was admitted)."""
+        with self._lock:
+            endpoint = self._pick(rng, hash_key, exclude, now)
+            if endpoint is not None:
+                self._balancers[0].on_start(endpoint)
+            return endpoint
+
+    def _pick(
+        self,
+        rng: Random,
+        hash_key: int | None,
+        exclude: Collection[Endpoint],
+        now: float,
+    ) -> Endpoint | None:
+        detector = self._detector
+        levels = self._levels
+        if detector is None:
+            everyone: Sequence[Endpoint] = levels[0]
+        else:
             everyone = detector.healthy(self.endpoints, now)
-            if len(levels) == 1:
-                return self._balancers[0].pick(everyone, rng, hash_key=hash_key, exclude=exclude)
-            if not everyone:
-                return None
-            if everyone is self.endpoints:
-                healthy: Sequence[Sequence[Endpoint]] = levels  # nothing ejected, or panic
-            else:
-                healthy = self._healthy_levels(detector, now)
-            loads = priority_loads([len(h) for h in healthy], [len(level) for level in levels])
-            index = choose_priority(loads, rng)
-            return self._balancers[index].pick(
-                healthy[index], rng, hash_key=hash_key, exclude=exclude
-            )
+        if len(levels) == 1:
+            if len(everyone) == 1:
+                # Every balancer picks the only endpoint (an excluded one too, after its
+                # attempts): skip its random draws.
+                return everyone[0]
+            return self._balancers[0].pick(everyone, rng, hash_key=hash_key, exclude=exclude)
+        assert detector is not None  # several priority levels exist only with outlier detection
+        if not everyone:
+            return None
+        if everyone is self.endpoints:
+            healthy: Sequence[Sequence[Endpoint]] = levels  # nothing ejected, or panic
+        else:
+            healthy = self._healthy_levels(detector, now)
+        loads = priority_loads([len(h) for h in healthy], [len(level) for level in levels])
+        index = choose_priority(loads, rng)
+        return self._balancers[index].pick(healthy[index], rng, hash_key=hash_key, exclude=exclude)
 
     def _healthy_levels(
         self, detector: OutlierDetector, now: float
@@ -230,6 +277,22 @@ class ClusterState:
     def finish(self, endpoint: Endpoint) -> None:
         with self._lock:
             self._balancers[0].on_end(endpoint)
+
+    def end(self, endpoint: Endpoint | None, *, slot: bool, retry: bool) -> None:
+        """``finish`` (when ``endpoint``), ``release`` (when ``slot``) and ``release_retry``
+        (when ``retry``) under one lock round-trip; a waiter handed the slot wakes after it."""
+        woken: Waiter | None = None
+        with self._lock:
+            if endpoint is not None:
+                self._balancers[0].on_end(endpoint)
+            limiter = self._limiter
+            if retry:
+                limiter.release_retry()
+            if slot and limiter.release_request() and self._waiters and limiter.promote():
+                woken = self._waiters.popleft()
+                woken.admitted = True
+        if woken is not None:
+            woken.wake()
 
     # -- metrics and explain -------------------------------------------------------------------
 

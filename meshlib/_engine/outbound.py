@@ -156,15 +156,12 @@ class _Request:
         if state is None:
             return
         endpoint = self.endpoint
-        if endpoint is not None:
+        slot = self.slot_held
+        retry = self.retry_held
+        if endpoint is not None or slot or retry:
             self.endpoint = None
-            state.finish(endpoint)
-        if self.slot_held:
-            self.slot_held = False
-            state.release()
-        if self.retry_held:
-            self.retry_held = False
-            state.release_retry()
+            self.slot_held = self.retry_held = False
+            state.end(endpoint, slot=slot, retry=retry)
 
     def report(
         self,
@@ -172,6 +169,7 @@ class _Request:
         flags: tuple[str, ...],
         endpoint: Endpoint | None = None,
         grpc_status: int | None = None,
+        response_bytes: int = 0,
     ) -> None:
         if self.done:
             return
@@ -190,6 +188,7 @@ class _Request:
                     start=self.start,
                     end=self.runtime.clock.now(),
                     grpc_status=grpc_status,
+                    response_bytes=response_bytes,
                 )
             )
 
@@ -218,12 +217,15 @@ class _Completion:
         endpoint = self._endpoint
         if state is not None and endpoint is not None:  # pass-through holds nothing
             # A delivered attempt was admitted: it holds its request slot.
-            state.finish(endpoint)
-            state.release()
-            if self._retry:
-                state.release_retry()
+            state.end(endpoint, slot=True, retry=self._retry)
         request = self._request
-        request.report(outcome.status, request.flags, self._endpoint, outcome.grpc_status)
+        request.report(
+            outcome.status,
+            request.flags,
+            self._endpoint,
+            outcome.grpc_status,
+            outcome.response_bytes,
+        )
 
 
 def _final(request: _Request, reply: Reply) -> Reply:
@@ -232,7 +234,12 @@ def _final(request: _Request, reply: Reply) -> Reply:
         reply = with_flag(reply, flag)
     if request.call.protocol == "grpc":
         reply = for_grpc(reply)
-    request.report(reply.status, reply.flags, grpc_status=reply.grpc_status)
+    request.report(
+        reply.status,
+        reply.flags,
+        grpc_status=reply.grpc_status,
+        response_bytes=len(reply.body.encode()) if reply.body else 0,
+    )
     return reply
 
 
@@ -393,8 +400,11 @@ def _attempts(
             yield _expired(request, caller_deadline)
             return
 
-        # Limits before the endpoint: an overflow is answered at once and never retried.
-        admission = state.admit()
+        # Limits before the endpoint: an overflow is answered at once and never retried. Then
+        # only non-ejected endpoints (ejection happens in record below, at the same lock).
+        # Admission, pick and the balancer's load count share one lock round-trip.
+        exclude = tried if exclude_tried else ()
+        admission, endpoint = state.begin(rng, hash_key, exclude, now)
         if admission is Admission.OVERFLOW:
             yield _final(request, OVERFLOW_REPLY)
             return
@@ -405,14 +415,11 @@ def _attempts(
                 return
             now = clock.now()
             timeout = attempt_timeout(now, deadline, per_try)
+            endpoint = state.pick_and_start(rng, hash_key, exclude, now)
         request.slot_held = True
-
-        # Only non-ejected endpoints (ejection happens in record below, at the same lock).
-        endpoint = state.pick(rng, hash_key, tried if exclude_tried else (), now)
         if endpoint is None:
             yield _final(request, NO_HEALTHY_UPSTREAM_REPLY)
             return
-        state.start(endpoint)
         request.endpoint = endpoint
         request.attempts = number
         tried.append(endpoint)
@@ -433,6 +440,7 @@ def _attempts(
             cluster=target.name,
             tls=tls,
             expected_peers=peers,
+            origination=None if tls else target.origination,
         )
         outcome = yield Send(attempt)
         if outcome is None:  # pragma: no cover - a driver bug; fail loudly

@@ -6,15 +6,17 @@ identity and the sleep functions from it and do the I/O themselves.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshlib._engine.clusters import ClusterRegistry, ClusterSpec, ClusterState
-from meshlib._engine.snapshot import HostConfig, Location, MeshSnapshot
+from meshlib._engine.snapshot import HostConfig, Location, MeshSnapshot, Resolution
 from meshlib._model.call import Call
-from meshlib._model.commands import Attempt
+from meshlib._model.commands import Attempt, TlsOrigination
 from meshlib._model.endpoint import Endpoint
 from meshlib._model.outcome import Classification, Outcome
 from meshlib._model.runtime import Clock, MonotonicClock, Random, SystemRandom
@@ -28,6 +30,7 @@ __all__ = [
     "ClusterTarget",
     "OutboundRuntime",
     "RequestRecord",
+    "Resolver",
     "SnapshotSource",
     "TelemetryHooks",
     "build_runtime",
@@ -40,6 +43,8 @@ TLS_MODE_LABEL = "security.istio.io/tlsMode"
 """Endpoint label Istio's auto-mTLS reads: ``istio`` means the endpoint speaks mesh mTLS."""
 TLS_MODE_ISTIO = "istio"
 ISTIO_MUTUAL = "ISTIO_MUTUAL"
+ORIGINATING_MODES = frozenset({"SIMPLE", "MUTUAL"})
+"""DestinationRule ``tls`` modes in which the client originates TLS to a non-mesh server."""
 
 
 class SnapshotSource(Protocol):
@@ -55,6 +60,19 @@ class ClientIdentity(Protocol):
     def current_client_context(self) -> object:
         """The SSLContext new mesh connections use now (rotation swaps it)."""
         ...
+
+
+class Resolver(Protocol):
+    """Name -> addresses, resolved off the request path (``meshlib.httpx.DnsResolver``).
+
+    ``addresses`` must not block: it answers from a cache (``None`` until the first answer,
+    asking for the name to be resolved). ``version`` changes whenever an answer changes.
+    """
+
+    @property
+    def version(self) -> int: ...
+
+    def addresses(self, name: str) -> tuple[str, ...] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,8 @@ class RequestRecord:
     start: float
     end: float
     grpc_status: int | None = None
+    response_bytes: int = 0
+    """Response body bytes the caller received (a local reply's body counts too)."""
 
 
 AttemptHook = Callable[[Call, Attempt, Outcome, Classification], None]
@@ -113,6 +133,8 @@ class ClusterTarget:
     close_connections: bool
     """``maxRequestsPerConnection: 1``: no keep-alive."""
     in_mesh: bool
+    origination: TlsOrigination | None = None
+    """DestinationRule ``tls`` SIMPLE or MUTUAL: TLS the driver originates."""
     _tls_cache: dict[tuple[str, int], tuple[bool, frozenset[str]]] = field(
         default_factory=dict, repr=False
     )
@@ -159,12 +181,14 @@ class OutboundRuntime:
     __slots__ = (
         "_cache",
         "_cache_snapshot",
+        "_cache_version",
         "async_sleep",
         "clock",
         "clusters",
         "hooks",
         "identity",
         "inherited_deadline",
+        "resolver",
         "rng",
         "sleep",
         "snapshot",
@@ -182,6 +206,7 @@ class OutboundRuntime:
         sleep: Callable[[float], None] = _sleep,
         async_sleep: Callable[[float], object] | None = None,
         inherited_deadline: Callable[[], float | None] | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.clusters = clusters if clusters is not None else ClusterRegistry()
@@ -193,7 +218,11 @@ class OutboundRuntime:
         self.async_sleep = async_sleep
         self.inherited_deadline = inherited_deadline
         """The inbound request's deadline (contextvar), once the inbound side provides it."""
+        self.resolver = resolver
+        """DNS answers for hosts without ServiceEntry and ``resolution: DNS`` entries; without
+        one, such names are resolved by the connection (its first address only)."""
         self._cache_snapshot: MeshSnapshot | None = None
+        self._cache_version = 0
         self._cache: dict[tuple[str, str | None, int], ClusterTarget | None] = {}
 
     @property
@@ -212,10 +241,14 @@ class OutboundRuntime:
 
         ``dns_name`` is what to resolve when the configuration lists no endpoints.
         """
-        if snapshot is not self._cache_snapshot:
-            # A new generation: targets are rebuilt lazily; equal specs keep their state.
+        resolver = self.resolver
+        version = 0 if resolver is None else resolver.version
+        if snapshot is not self._cache_snapshot or version != self._cache_version:
+            # A new generation or new DNS answers: targets are rebuilt lazily; equal specs
+            # keep their state.
             self._cache = {}
             self._cache_snapshot = snapshot
+            self._cache_version = version
         key = (host, subset, port)
         try:
             return self._cache[key]
@@ -238,7 +271,7 @@ class OutboundRuntime:
         if subset is not None and (destination is None or subset not in destination.subsets):
             return None
         policy = resolve_policy(destination, subset, port)
-        endpoints = _endpoints(config, subset, port, dns_name)
+        endpoints = _endpoints(config, subset, port, dns_name, self.resolver)
         fqdn = config.host if config is not None and not config.host.startswith("*") else host
         spec = ClusterSpec(policy, endpoints, local_locality=_local_locality(snapshot))
         state = self.clusters.get_or_create((fqdn, subset, port), spec)
@@ -249,6 +282,18 @@ class OutboundRuntime:
         if policy.tls is not None:
             peers = peers | policy.tls.subject_alt_names
         pool = policy.connection_pool
+        tls = policy.tls
+        origination = None
+        if tls is not None and tls.mode in ORIGINATING_MODES:
+            origination = TlsOrigination(
+                mode=tls.mode,
+                sni=tls.sni,
+                subject_alt_names=tls.subject_alt_names,
+                client_certificate=tls.client_certificate,
+                private_key=tls.private_key,
+                ca_certificates=tls.ca_certificates,
+                insecure_skip_verify=tls.insecure_skip_verify,
+            )
         return ClusterTarget(
             name=cluster_name(port, subset, fqdn),
             service=fqdn,
@@ -260,6 +305,7 @@ class OutboundRuntime:
             close_connections=pool.max_requests_per_connection == 1,
             in_mesh=config is not None
             and (service is None or service.location is Location.MESH_INTERNAL),
+            origination=origination,
         )
 
 
@@ -269,17 +315,46 @@ def _local_locality(snapshot: MeshSnapshot) -> str:
 
 
 def _endpoints(
-    config: HostConfig | None, subset: str | None, port: int, dns_name: str
+    config: HostConfig | None,
+    subset: str | None,
+    port: int,
+    dns_name: str,
+    resolver: Resolver | None = None,
 ) -> tuple[Endpoint, ...]:
     if config is None or config.service is None:
-        # No ServiceEntry: the name itself, resolved by DNS at connect time.
-        return (Endpoint(address=dns_name, port=port),)
+        # No ServiceEntry: the name itself, every address it resolves to an endpoint.
+        return _resolved((Endpoint(address=dns_name, port=port),), resolver)
+    resolution = config.service.resolution
     if not config.endpoints or all(not members for members in config.endpoints.values()):
         # resolution NONE (original destination) or DNS without endpoints.
         if subset is not None:
             return ()
-        return (Endpoint(address=dns_name, port=port),)
-    return config.endpoints_for(subset, port)
+        named = (Endpoint(address=dns_name, port=port),)
+        return _resolved(named, resolver) if resolution is Resolution.DNS else named
+    members = config.endpoints_for(subset, port)
+    return _resolved(members, resolver) if resolution is Resolution.DNS else members
+
+
+def _resolved(endpoints: Sequence[Endpoint], resolver: Resolver | None) -> tuple[Endpoint, ...]:
+    """Envoy's STRICT_DNS: every address of a named endpoint is an endpoint, same labels."""
+    if resolver is None:
+        return tuple(endpoints)
+    result: list[Endpoint] = []
+    for endpoint in endpoints:
+        addresses = None if _is_ip(endpoint.address) else resolver.addresses(endpoint.address)
+        if not addresses:
+            result.append(endpoint)  # not resolved yet: the connection resolves the name
+            continue
+        result.extend(dataclasses.replace(endpoint, address=address) for address in addresses)
+    return tuple(result)
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def build_runtime(
@@ -293,6 +368,7 @@ def build_runtime(
     sleep: Callable[[float], None] = _sleep,
     async_sleep: Callable[[float], object] | None = None,
     inherited_deadline: Callable[[], float | None] | None = None,
+    resolver: Resolver | None = None,
 ) -> OutboundRuntime:
     """A runtime reading ``source.snapshot`` per request (or one fixed snapshot)."""
     if isinstance(source, MeshSnapshot):
@@ -317,4 +393,5 @@ def build_runtime(
         sleep=sleep,
         async_sleep=async_sleep,
         inherited_deadline=inherited_deadline,
+        resolver=resolver,
     )

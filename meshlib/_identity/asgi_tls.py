@@ -8,6 +8,11 @@ without an acceptable SPIFFE ID, and adds to every scope of that connection:
   ``tls_version`` as an int, ``server_cert``, ``client_cert_name``, ``client_cert_error``,
   ``cipher_suite``) plus ``spiffe_id`` (the peer's, or ``None``); only on TLS connections;
 - ``scope["extensions"]["mtls"]``: ``True`` when the peer presented a verified client certificate.
+
+Websocket scopes get the same: uvicorn builds the websocket protocol (whichever ``ws=``
+implementation it picked: ``websockets``, ``websockets-sansio``, ``wsproto``) with the original
+app when a request upgrades, so the HTTP protocol hands it its own wrapped app instead; the
+certificate is read once per connection, not again for the upgraded one.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import threading
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from meshlib._identity.rotation import RotatingIdentity
 from meshlib._identity.tls import PeerPolicy, PeerRejected
@@ -92,6 +97,21 @@ def _with_extensions(app: ASGIApp, extras: dict[str, Any]) -> ASGIApp:
     return wrapped
 
 
+def _upgrades_with(protocol: Any, app: ASGIApp) -> None:
+    # Every uvicorn websocket implementation takes its app from the config in __init__ and calls
+    # ``self.app`` per connection; replacing it on the instance keeps the extensions.
+    ws_class = protocol.ws_protocol_class
+    if ws_class is None:  # no websocket library installed: uvicorn refuses upgrades itself
+        return
+
+    def upgraded(**kwargs: Any) -> asyncio.Protocol:
+        ws_protocol = ws_class(**kwargs)
+        ws_protocol.app = app
+        return cast(asyncio.Protocol, ws_protocol)
+
+    protocol.ws_protocol_class = upgraded
+
+
 def _base_class(kind: str) -> type[asyncio.Protocol]:
     if kind == "httptools":
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -126,6 +146,7 @@ def make_http_protocol(
             if ssl_object is None:
                 counters.add("plaintext")
                 self.app = _with_extensions(self.app, {"mtls": False})
+                _upgrades_with(self, self.app)
                 return
             expected = policy or (identity.peer_policy() if identity else PeerPolicy(frozenset()))
             try:
@@ -137,6 +158,7 @@ def make_http_protocol(
                 return
             counters.add("tls")
             self.app = _with_extensions(self.app, {"tls": extension, "mtls": mutual})
+            _upgrades_with(self, self.app)
 
     MeshTLSProtocol.__name__ = f"MeshTLS{base.__name__}"
     MeshTLSProtocol.__qualname__ = MeshTLSProtocol.__name__

@@ -35,6 +35,9 @@ DEFAULT_PORT = 8080
 READY_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
 GRACEFUL_SHUTDOWN_SECONDS = 2
+DEFAULT_WS = "auto"
+"""uvicorn's websocket implementation: ``auto``, ``websockets``, ``websockets-sansio``, ``wsproto``;
+every one gets the peer extensions."""
 
 
 def uvicorn_config_kwargs(
@@ -65,6 +68,7 @@ def _config(
     mode: MtlsMode,
     log_level: str | int | None,
     http: str,
+    ws: str,
     policy: PeerPolicy | None,
     stats: ConnectionStats,
 ) -> Any:
@@ -78,6 +82,7 @@ def _config(
         "log_level": log_level,
         "loop": "asyncio",
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        "ws": ws,
     }
     if mode == "DISABLE" or identity is None:
         if mode != "DISABLE":
@@ -107,6 +112,7 @@ class Server:
         port_modes: Mapping[int, MtlsMode] | None = None,
         log_level: str | int | None = "warning",
         http: str = "h11",
+        ws: str = DEFAULT_WS,
         policy: PeerPolicy | None = None,
     ) -> None:
         import uvicorn
@@ -121,6 +127,7 @@ class Server:
             mode=self.mode,
             log_level=log_level,
             http=http,
+            ws=ws,
             policy=policy,
             stats=self.stats,
         )
@@ -182,11 +189,13 @@ def serve(
     port_modes: Mapping[int, MtlsMode] | None = None,
     log_level: str | int | None = "info",
     http: str = "h11",
+    ws: str = DEFAULT_WS,
     policy: PeerPolicy | None = None,
 ) -> None:
     """Run ``app`` with uvicorn in this thread until interrupted (Ctrl-C, SIGTERM).
 
-    ``port_modes[port]`` overrides ``mtls_mode`` (Istio's ``portLevelMtls``).
+    ``port_modes[port]`` overrides ``mtls_mode`` (Istio's ``portLevelMtls``). ``ws`` picks
+    uvicorn's websocket implementation.
     """
     server = Server(
         app,
@@ -197,6 +206,7 @@ def serve(
         port_modes=port_modes,
         log_level=log_level,
         http=http,
+        ws=ws,
         policy=policy,
     )
     server.run()

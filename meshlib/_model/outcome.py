@@ -26,9 +26,11 @@ class FailureKind(enum.Enum):
     """The caller went away."""
 
 
-@dataclass(frozen=True, slots=True)
+# Built on every attempt: not frozen, because a frozen dataclass's __init__ pays
+# object.__setattr__ per field. Read-only by convention.
+@dataclass(slots=True)
 class Outcome:
-    """The result of one attempt, as drivers report it to the flow."""
+    """The result of one attempt, as drivers report it to the flow (read-only by convention)."""
 
     status: int = 0
     """HTTP status; 0 when no response arrived."""
@@ -39,6 +41,8 @@ class Outcome:
     elapsed: float = 0.0
     detail: str = ""
     """Transport failure reason, for logs and local reply bodies."""
+    response_bytes: int = 0
+    """Body bytes received, known when the delivered response stream ends (metrics)."""
 
 
 class Classification(enum.Enum):

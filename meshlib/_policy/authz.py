@@ -802,6 +802,11 @@ class Authorizer:
             for check in clause.checks
         )
 
+    @property
+    def path_normalization(self) -> PathNormalization:
+        """The normalization ``check`` applies (inbound drivers forward the same path)."""
+        return self._normalization
+
     def check(self, request: AuthzRequest) -> Decision:
         """The decision for one request (ISTIO-SEMANTICS 5.3)."""
         facts = self._facts(request)

@@ -17,14 +17,17 @@ uncontended lock. Backends:
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
+
+logger = logging.getLogger("meshlib.telemetry")
 
 UNKNOWN: Final = "unknown"
 DEFAULT_CANONICAL_REVISION: Final = "latest"
@@ -422,6 +425,8 @@ class _IstioCollector:
 
     def __init__(self, store: _LabelStore) -> None:
         self._store = store
+        self.before: list[Callable[[], object]] = []
+        """Run first at each scrape: state read then instead of on the hot path."""
 
     def describe(self) -> list[Any]:
         # Empty: registering must not call collect(); the names are fixed and ours.
@@ -431,6 +436,11 @@ class _IstioCollector:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
         from prometheus_client.utils import floatToGoString
 
+        for refresh in list(self.before):
+            try:
+                refresh()
+            except Exception:  # a scrape must not fail because one gauge could not be read
+                logger.exception("meshlib metrics refresh failed")
         labels = list(ISTIO_LABELS)
         requests = CounterMetricFamily(REQUESTS_TOTAL, "Requests (Istio standard).", labels=labels)
         duration = HistogramMetricFamily(
@@ -485,7 +495,8 @@ class PrometheusSink:
 
         self.registry: Any = CollectorRegistry() if registry is None else registry
         self._store = _LabelStore(max_series)
-        self.registry.register(_IstioCollector(self._store))
+        self._collector = _IstioCollector(self._store)
+        self.registry.register(self._collector)
         reg = self.registry
         self._retries = Counter(
             RETRIES_TOTAL, "Retries sent, by cluster.", ["cluster"], registry=reg
@@ -519,6 +530,10 @@ class PrometheusSink:
     @property
     def series_count(self) -> int:
         return len(self._store)
+
+    def on_collect(self, refresh: Callable[[], object]) -> None:
+        """Call ``refresh`` at the start of every scrape (to bring gauges up to date)."""
+        self._collector.before.append(refresh)
 
     def request(
         self, labels: RequestLabels, duration_ms: float, request_bytes: int, response_bytes: int

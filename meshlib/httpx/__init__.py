@@ -8,6 +8,8 @@ them for you. Response flags (Envoy's ``%RESPONSE_FLAGS%``) are in
 
 from __future__ import annotations
 
+from meshlib.httpx._dns import DnsResolver
+from meshlib.httpx._explain import explain_request
 from meshlib.httpx._transport import AsyncMeshTransport, MeshTransport
 
-__all__ = ["AsyncMeshTransport", "MeshTransport"]
+__all__ = ["AsyncMeshTransport", "DnsResolver", "MeshTransport", "explain_request"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -21,13 +22,15 @@ import sniffio
 from meshlib._engine.outbound import Fail, WaitSlot, outbound_flow
 from meshlib._engine.runtime import OutboundRuntime
 from meshlib._model.call import Call
-from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep
+from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep, TlsOrigination
+from meshlib._model.endpoint import Endpoint
 from meshlib._model.outcome import FailureKind, Outcome
 from meshlib.httpx._common import (
     EXTENSION,
     RawHeaders,
     attempt_timeouts,
     build_call,
+    core_request,
     failure_kind,
     local_response,
     raise_for,
@@ -43,7 +46,7 @@ from meshlib.httpx._pools import (
     PoolKey,
     SyncPools,
 )
-from meshlib.httpx._tls import mesh_backend
+from meshlib.httpx._tls import mesh_backend, origination_context
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
@@ -89,6 +92,11 @@ class _Base:
         if attempt.tls:
             # The backend swaps in the current SVID per connection: rotation keeps the pool.
             return (_HTTPS, endpoint.address, endpoint.port, attempt.expected_peers)
+        origination = attempt.origination
+        if origination is not None:
+            # DestinationRule SIMPLE/MUTUAL: TLS whatever scheme the caller used (Istio's
+            # egress pattern: the application speaks http, the proxy originates TLS).
+            return (_HTTPS, endpoint.address, endpoint.port, origination)
         scheme = request.url.raw_scheme
         return (scheme, endpoint.address, endpoint.port, _SYSTEM_TLS if scheme == _HTTPS else None)
 
@@ -98,6 +106,8 @@ class _Base:
             return None, None
         if tls == _SYSTEM_TLS:
             return self._system_context(), None
+        if isinstance(tls, TlsOrigination):
+            return origination_context(tls), None
         assert isinstance(tls, frozenset)
         identity = self.runtime.identity
         assert identity is not None  # the flow asks for mTLS only with an identity
@@ -115,21 +125,40 @@ class _Base:
     ) -> httpcore.Request:
         endpoint = attempt.endpoint
         path = attempt.path
-        return httpcore.Request(
-            method=request.method.encode("ascii"),
-            url=httpcore.URL(
-                scheme=scheme,
-                host=endpoint.address.encode("ascii"),
-                port=endpoint.port,
-                target=request.url.raw_path if path is None else path.encode("ascii"),
-            ),
-            headers=upstream_headers(request.headers.raw, attempt),
-            content=request.stream,
-            extensions={
+        return core_request(
+            request.method.encode("ascii"),
+            scheme,
+            endpoint.address.encode("ascii"),
+            endpoint.port,
+            request.url.raw_path if path is None else path.encode("ascii"),
+            upstream_headers(request.headers.raw, attempt),
+            request.stream,
+            {
                 "timeout": attempt_timeouts(timeouts, attempt.timeout),
-                "sni_hostname": call.host,
+                "sni_hostname": _sni(call, attempt),
             },
         )
+
+
+def _with_info(
+    response: httpcore.Response, command: Deliver, attempts: int, endpoint: Endpoint | None
+) -> MutableMapping[str, Any]:
+    # httpcore built this dict for this response alone: extend it rather than copy it.
+    extensions = response.extensions
+    extensions[EXTENSION] = response_info(
+        command.flags,
+        attempts=attempts,
+        endpoint=None if endpoint is None else str(endpoint),
+        local=False,
+    )
+    return extensions
+
+
+def _sni(call: Call, attempt: Attempt) -> str:
+    origination = attempt.origination
+    if origination is not None and origination.sni is not None:
+        return origination.sni
+    return call.host
 
 
 # ------------------------------------------------------------------------------------ sync
@@ -149,10 +178,13 @@ class _SyncBody(httpx.SyncByteStream):
         self._complete = complete
         self._outcome = outcome
         self._release = release
+        self._received = 0
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._response.iter_stream()
+            for chunk in self._response.iter_stream():
+                self._received += len(chunk)
+                yield chunk
         except Exception as error:
             self._finish(Outcome(self._outcome.status, FailureKind.RESET, detail=str(error)))
             raise_for(error, _NO_REQUEST)
@@ -168,7 +200,7 @@ class _SyncBody(httpx.SyncByteStream):
         release, self._release = self._release, None
         if release is not None:
             release()
-            self._complete(outcome)
+            self._complete(replace(outcome, response_bytes=self._received))
 
 
 _NO_REQUEST = httpx.Request("GET", "http://meshlib.invalid/")
@@ -224,7 +256,7 @@ class MeshTransport(httpx.BaseTransport):
         pending: tuple[httpcore.Response, Any] | None = None
         error: BaseException | None = None
         attempts = 0
-        endpoint: str | None = None
+        endpoint: Endpoint | None = None
         try:
             command = next(flow)
             while True:
@@ -234,7 +266,7 @@ class MeshTransport(httpx.BaseTransport):
                 if isinstance(command, Send):
                     attempt = command.attempt
                     attempts += 1
-                    endpoint = str(attempt.endpoint)
+                    endpoint = attempt.endpoint
                     outcome, pending, error = self._send(request, call, attempt, timeouts)
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
@@ -250,15 +282,12 @@ class MeshTransport(httpx.BaseTransport):
                             command.response_headers_remove,
                         ),
                         stream=_SyncBody(response, command.complete, command.outcome, release),
-                        extensions={
-                            **response.extensions,
-                            EXTENSION: response_info(
-                                command.flags, attempts=attempts, endpoint=endpoint, local=False
-                            ),
-                        },
+                        extensions=_with_info(response, command, attempts, endpoint),
                     )
                 elif isinstance(command, Reply):
-                    return local_response(command, attempts, endpoint)
+                    return local_response(
+                        command, attempts, None if endpoint is None else str(endpoint)
+                    )
                 elif isinstance(command, Sleep):
                     runtime.sleep(command.seconds)
                     command = flow.send(None)
@@ -357,10 +386,12 @@ class _AsyncBody(httpx.AsyncByteStream):
         self._complete = complete
         self._outcome = outcome
         self._release = release
+        self._received = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.aiter_stream():
+                self._received += len(chunk)
                 yield chunk
         except Exception as error:
             self._finish(Outcome(self._outcome.status, FailureKind.RESET, detail=str(error)))
@@ -377,7 +408,7 @@ class _AsyncBody(httpx.AsyncByteStream):
         release, self._release = self._release, None
         if release is not None:
             release()
-            self._complete(outcome)
+            self._complete(replace(outcome, response_bytes=self._received))
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
@@ -430,7 +461,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         pending: tuple[httpcore.Response, Any] | None = None
         error: BaseException | None = None
         attempts = 0
-        endpoint: str | None = None
+        endpoint: Endpoint | None = None
         try:
             command = next(flow)
             while True:
@@ -440,7 +471,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 if isinstance(command, Send):
                     attempt = command.attempt
                     attempts += 1
-                    endpoint = str(attempt.endpoint)
+                    endpoint = attempt.endpoint
                     outcome, pending, error = await self._send(request, call, attempt, timeouts)
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
@@ -456,15 +487,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                             command.response_headers_remove,
                         ),
                         stream=_AsyncBody(response, command.complete, command.outcome, release),
-                        extensions={
-                            **response.extensions,
-                            EXTENSION: response_info(
-                                command.flags, attempts=attempts, endpoint=endpoint, local=False
-                            ),
-                        },
+                        extensions=_with_info(response, command, attempts, endpoint),
                     )
                 elif isinstance(command, Reply):
-                    return local_response(command, attempts, endpoint)
+                    return local_response(
+                        command, attempts, None if endpoint is None else str(endpoint)
+                    )
                 elif isinstance(command, Sleep):
                     sleep = runtime.async_sleep
                     if sleep is None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshlib._config import resources as r
 from meshlib._config.issues import ConfigIssue, Severity
@@ -14,6 +18,7 @@ from meshlib._config.loader import (
     CODE_SCHEMA,
     CODE_SYNTAX,
     CODE_UNREADABLE,
+    NOT_AN_OBJECT,
     LoadResult,
     describe_error,
     format_path,
@@ -197,6 +202,18 @@ def test_envelope_problems() -> None:
             "networking.istio.io/v1, networking.istio.io/v1alpha3, networking.istio.io/v1beta1)",
         ),
         (CODE_SCHEMA, 4, "VirtualService/x/<unnamed>", "metadata.name", "missing required field"),
+    ]
+
+
+def test_documents_of_other_tools_are_skipped_not_errors() -> None:
+    # A values file or a test-case file next to the manifests has none of the object keys;
+    # one that has any of them is a broken object and is reported.
+    text = "target: {namespace: default}\ncases: []\n---\nreplicas: 3\n---\nspec: {}\n"
+    result = load_text(text, "cases.yaml", "default")
+    assert result.skipped == {NOT_AN_OBJECT: 2}
+    assert brief(result) == [
+        (CODE_SCHEMA, 2, "", "apiVersion", "missing required field"),
+        (CODE_SCHEMA, 2, "", "kind", "missing required field"),
     ]
 
 
@@ -472,3 +489,81 @@ def test_unhashable_yaml_key_is_a_syntax_error() -> None:
     assert brief(result) == [
         (CODE_SYNTAX, 0, "", "", "YAML syntax error at line 1, column 3: found unhashable key")
     ]
+
+
+def _documents(text: str) -> list[Any]:
+
+    from meshlib._config.loader import _SafeLoader
+
+    loader = _SafeLoader(text)
+    try:
+        return [loader.document(loader.get_node()) for _ in iter(loader.check_node, False)]
+    finally:
+        loader.dispose()
+
+
+_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+_trees = st.recursive(
+    _scalars | st.floats(allow_nan=False),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.lists(_trees, min_size=1, max_size=3))
+def test_fast_documents_equal_pyyaml(trees: list[Any]) -> None:
+    import yaml
+
+    text = yaml.safe_dump_all(trees)
+    assert _documents(text) == list(yaml.safe_load_all(text))
+
+
+def test_fast_documents_keep_pyyaml_features() -> None:
+    text = """\
+base: &base {a: 1, b: [x, y]}
+merged: {<<: *base, c: 2, a: 3}
+alias: *base
+when: 2024-01-02
+tagged: !!set {k}
+number: 0x10
+empty:
+quoted: '1'
+"""
+    (doc,) = _documents(text)
+    assert doc == {
+        "base": {"a": 1, "b": ["x", "y"]},
+        "merged": {"a": 3, "b": ["x", "y"], "c": 2},
+        "alias": {"a": 1, "b": ["x", "y"]},
+        "when": datetime.date(2024, 1, 2),
+        "tagged": {"k"},
+        "number": 16,
+        "empty": None,
+        "quoted": "1",
+    }
+    assert doc["alias"] is doc["base"]  # one object, no exponential expansion
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: &x [*x]\n", "YAML syntax error at line 1, column 4: recursive alias"),
+        ("1: a\n1: b\n", "YAML syntax error at line 2, column 1: duplicate key 1"),
+        (
+            "b: &b {a: 1}\nm: {<<: *b, 1: x, 1: y}\n",
+            "YAML syntax error at line 2, column 19: duplicate key 1",
+        ),
+        (
+            "m: {<<: {a: 1}, ? [x] : y}\n",
+            "YAML syntax error at line 1, column 19: found unhashable key",
+        ),
+        (
+            "a: !Custom x\n",
+            "YAML syntax error at line 1, column 4: "
+            "could not determine a constructor for the tag '!Custom'",
+        ),
+    ],
+)
+def test_fast_documents_refuse_what_kubernetes_refuses(text: str, message: str) -> None:
+    assert brief(load_text(text, "y.yaml", "default")) == [(CODE_SYNTAX, 0, "", "", message)]

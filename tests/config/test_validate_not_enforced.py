@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from meshlib._config.validate import NOT_ENFORCED, NOT_ENFORCED_MESSAGE
+from meshlib._config.validate import NOT_ENFORCED, NOT_ENFORCED_MESSAGE, _index_not_enforced
 
 from .conftest import Issues
 
@@ -24,11 +24,24 @@ CASES = [
         "spec.http[0].mirrors", "spec.http[0].mirrorPercent",
     ]),
     ("VirtualService", {"hosts": ["a"], "http": [{"delegate": {"name": "d"}}]}, ["spec.http[0].delegate"]),
+    ("VirtualService", {"hosts": ["a"], "http": [{"route": [DEST], "retries": {"attempts": 2, "retryRemoteLocalities": True}}]}, ["spec.http[0].retries.retryRemoteLocalities"]),
+    ("VirtualService", {"hosts": ["a"], "http": [{"route": [DEST], "retries": {"attempts": 2, "perTryTimeout": "1s"}}]}, []),
     ("DestinationRule", {"host": "a", "workloadSelector": {"matchLabels": {"a": "b"}}, "exportTo": ["."], "trafficPolicy": {"tunnel": {"targetHost": "a.com", "targetPort": 1}}}, [
-        "spec.trafficPolicy.tunnel", "spec.workloadSelector",
+        "spec.trafficPolicy.tunnel",
     ]),
     ("DestinationRule", {"host": "a", "subsets": [{"name": "v1", "trafficPolicy": {"proxyProtocol": {"version": "V2"}, "portLevelSettings": [{"port": {"number": 1}, "tls": {"mode": "SIMPLE", "credentialName": "c"}}]}}]}, [
-        "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName", "spec.subsets[0].trafficPolicy.proxyProtocol",
+        "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode", "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName", "spec.subsets[0].trafficPolicy.proxyProtocol",
+    ]),
+    ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "MUTUAL", "clientCertificate": "c", "privateKey": "k", "caCertificates": "ca", "caCrl": "crl", "sni": "s", "insecureSkipVerify": True, "subjectAltNames": ["x"]}}}, [
+        "spec.trafficPolicy.tls.mode", "spec.trafficPolicy.tls.clientCertificate", "spec.trafficPolicy.tls.privateKey", "spec.trafficPolicy.tls.caCertificates",
+        "spec.trafficPolicy.tls.sni", "spec.trafficPolicy.tls.insecureSkipVerify", "spec.trafficPolicy.tls.caCrl",
+    ]),
+    ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL", "subjectAltNames": ["x"]}}}, []),
+    ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}, []),
+    ("DestinationRule", {"host": "a", "trafficPolicy": {"outlierDetection": {}, "loadBalancer": {"localityLbSetting": {"enabled": True, "distribute": [{"from": "a/*", "to": {"b/*": 100}}], "failover": [{"from": "a", "to": "b"}]}, "consistentHash": {"httpCookie": {"name": "c", "ttl": "10s"}}}, "connectionPool": {"tcp": {"idleTimeout": "1h", "maxConnections": 5, "connectTimeout": "1s"}, "http": {"idleTimeout": "1h", "useClientProtocol": True, "maxConcurrentStreams": 5, "http1MaxPendingRequests": 1}}}}, [
+        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl", "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute", "spec.trafficPolicy.loadBalancer.localityLbSetting.failover",
+        "spec.trafficPolicy.connectionPool.tcp.idleTimeout", "spec.trafficPolicy.connectionPool.http.idleTimeout", "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+        "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
     ]),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"outlierDetection": {}, "loadBalancer": {"warmup": {"duration": "1s"}, "localityLbSetting": {"failoverPriority": ["x"]}}, "connectionPool": {"tcp": {"tcpKeepalive": {}, "maxConnectionDuration": "1h"}, "http": {"h2UpgradePolicy": "UPGRADE"}}}}, [
         "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority", "spec.trafficPolicy.loadBalancer.warmup",
@@ -40,15 +53,12 @@ CASES = [
     ]),
     ("ServiceEntry", {"hosts": ["a.com"], "resolution": "DNS_ROUND_ROBIN"}, ["spec.resolution"]),
     ("ServiceEntry", {"hosts": ["a.com"], "resolution": "DNS"}, []),
-    ("AuthorizationPolicy", {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}, ["spec.action", "spec.provider"]),
+    ("AuthorizationPolicy", {"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}, []),
     ("AuthorizationPolicy", {"targetRefs": [{"kind": "Service", "name": "s"}]}, ["spec.targetRefs"]),
     ("AuthorizationPolicy", {"targetRef": {"kind": "Service", "name": "s"}}, ["spec.targetRef"]),
     ("AuthorizationPolicy", {"rules": [{"from": [{"source": {"requestPrincipals": ["*"], "notRequestPrincipals": ["x"], "remoteIpBlocks": ["1.1.1.1"], "notRemoteIpBlocks": ["2.2.2.2"], "principals": ["p"]}}], "when": [
         {"key": "request.auth.claims[iss]", "values": ["x"]}, {"key": "remote.ip", "values": ["1.1.1.1"]}, {"key": "source.ip", "values": ["1.1.1.1"]},
     ]}]}, [
-        "spec.rules[0].from[0].source.requestPrincipals", "spec.rules[0].from[0].source.notRequestPrincipals",
-        "spec.rules[0].from[0].source.remoteIpBlocks", "spec.rules[0].from[0].source.notRemoteIpBlocks",
-        "spec.rules[0].when[0].key", "spec.rules[0].when[1].key",
     ]),
     ("PeerAuthentication", {"mtls": {"mode": "STRICT"}}, []),
     ("WorkloadEntry", {"address": "1.1.1.1"}, []),
@@ -75,3 +85,24 @@ def test_list_covers_every_traffic_policy_location() -> None:
     ):
         assert f"DestinationRule:{where}.connectionPool.tcp.tcpKeepalive" in NOT_ENFORCED
     assert all(":spec." in entry for entry in NOT_ENFORCED)
+
+
+def test_enforced_fields_are_not_listed() -> None:
+    # Compile or the policies act on these: listing them would mislead users.
+    for entry in (
+        "DestinationRule:spec.workloadSelector",
+        "AuthorizationPolicy:spec.action=CUSTOM",
+        "AuthorizationPolicy:spec.provider",
+        "AuthorizationPolicy:spec.rules[].from[].source.requestPrincipals",
+        "AuthorizationPolicy:spec.rules[].from[].source.remoteIpBlocks",
+        "AuthorizationPolicy:spec.rules[].when[].key=remote.ip",
+        "DestinationRule:spec.trafficPolicy.tls.subjectAltNames",
+        "DestinationRule:spec.trafficPolicy.loadBalancer.localityLbSetting.enabled",
+    ):
+        assert entry not in NOT_ENFORCED
+
+
+def test_index_of_value_entries_and_prefixes() -> None:
+    descend, values = _index_not_enforced(["K:spec.a[].b=X", "K:spec.a[].b=pre*", "K:spec.c"])
+    assert descend == {"K:spec", "K:spec.a", "K:spec.a[]"}
+    assert values == {"K:spec.a[].b": (frozenset({"X"}), ("pre",))}

@@ -197,3 +197,40 @@ def test_show_prints_actions_and_matches(tmp_path: Path) -> None:
     assert 'redirect: {"uri": "/new"' in result.output
     assert '"abort_http_status": 503' in result.output
     assert "destination rule: none (defaults)" in result.output
+
+
+def test_show_makes_every_default_explicit() -> None:
+    result = invoke("show", str(EXAMPLES / "bookinfo"), "--host", "reviews")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    for default in (
+        "timeout none; retries 2 on cancelled,connect-failure,refused-stream,"
+        "retriable-status-codes,unavailable codes none per-try none backoff 0.025s..0.25s",
+        "fault: none",
+        "subset v2 port (as called) weight 100 (100%)",
+        "pool maxConnections unlimited pending unlimited requests unlimited perConnection "
+        "unlimited retries unlimited connectTimeout 10s; lb LEAST_REQUEST; tls auto",
+        "outlier detection: off",
+    ):
+        assert default in text
+    hashed = invoke("show", str(EXAMPLES / "httpbin"), "--host", "httpbin.httpbin", "-o", "json")
+    assert json.loads(hashed.output)["routes"]["implicit"] is True
+
+
+@pytest.mark.parametrize(
+    ("hashing", "shown"),
+    [
+        ("{httpHeaderName: x-user}", "lb RING_HASH on http_header_name x-user"),
+        ("{useSourceIp: true, maglev: {tableSize: 65537}}", "lb MAGLEV on source IP"),
+        ("{ringHash: {minimumRingSize: 64}}", "lb RING_HASH on nothing (random)"),
+    ],
+)
+def test_show_consistent_hash(tmp_path: Path, hashing: str, shown: str) -> None:
+    (tmp_path / "dr.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata: {name: a, namespace: default}\n"
+        f"spec: {{host: a, trafficPolicy: {{loadBalancer: {{consistentHash: {hashing}}}}}}}\n"
+    )
+    result = invoke("show", str(tmp_path), "--host", "a")
+    assert result.exit_code == 0, result.output
+    assert shown in " ".join(result.output.split())

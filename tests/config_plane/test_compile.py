@@ -21,7 +21,7 @@ from meshlib._config.issues import Severity
 from meshlib._engine.snapshot import Location, Resolution
 from meshlib._policy import limits, outliers
 from meshlib._policy.balancing import Simple
-from meshlib._policy.matching import MatchKind
+from meshlib._policy.matching import MatchKind, match_string
 from meshlib._policy.retries import DEFAULT_RETRY_ON, DEFAULT_RETRY_POLICY, NO_RETRIES
 from meshlib._policy.routing import Route, RouteDestination
 
@@ -129,6 +129,28 @@ def test_string_match_construction(kind: str, value: str, ignore_case: bool) -> 
         assert match.kind is MatchKind(kind)
         assert match.value == (value.lower() if ignore_case else value)
         assert match.ignore_case is ignore_case
+
+
+@given(
+    st.sampled_from(["exact", "prefix", "regex"]),
+    st.from_regex(r"[a-z0-9/.]{0,6}", fullmatch=True),
+    st.text(alphabet="ab/.0", max_size=8),
+    st.booleans(),
+)
+def test_compiled_string_match_behaves_like_istio(
+    kind: str, value: str, text: str, ignore_case: bool
+) -> None:
+    # Envoy: exact and prefix compare (optionally case-folded); regex must match the whole value.
+    match = compile_string_match(r.StringMatch(**{kind: value}), ignore_case=ignore_case)
+    for candidate in (text, value, value + text, text.upper()):
+        folded = candidate.lower() if ignore_case else candidate
+        expected = {
+            "exact": folded == value,
+            "prefix": folded.startswith(value),
+            "regex": re.fullmatch(value, candidate) is not None,
+        }[kind]
+        assert match_string(match, candidate) is expected
+    assert match_string(match, None) is False
 
 
 def test_static_filters_use_the_workload_identity() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -170,3 +171,70 @@ def test_config_helpers_for_servers_run_by_the_user(ca: LocalCA) -> None:
         assert mesh.hypercorn_config().ssl_enabled
     with meshlib.Mesh.from_text(STRICT) as plaintext, pytest.raises(ValueError, match="identity"):
         plaintext.uvicorn_config()
+
+
+def test_mesh_wide_settings_reach_the_compiled_policies() -> None:
+    from meshlib._policy.paths import PathNormalization
+
+    with meshlib.Mesh.from_text(STRICT, path_normalization="MERGE_SLASHES") as mesh:
+        assert mesh.snapshot.authorization is not None
+        assert mesh.snapshot.authorization.path_normalization is PathNormalization.MERGE_SLASHES
+    with meshlib.Mesh.from_text(STRICT) as mesh:
+        assert mesh.snapshot.authorization is not None
+        assert mesh.snapshot.authorization.path_normalization is PathNormalization.BASE
+
+
+def test_explain_says_where_a_request_would_go(reviews: tuple[meshlib.Mesh, int]) -> None:
+    _, port = reviews
+    with meshlib.Mesh.from_text(reviews_entry(port)) as mesh:
+        explained = mesh.explain("GET", "http://reviews:9080/reviews/1")
+        again = mesh.explain(httpx.Request("GET", "http://reviews:9080/reviews/1"))
+    assert explained == again
+    text = json.dumps(explained)
+    assert "reviews.default.svc.cluster.local" in text
+    assert str(port) in text
+
+
+@pytest.mark.extras
+def test_breaker_states_and_reloads_are_scraped() -> None:
+    from meshlib import _breaker
+
+    _breaker._forget_all()
+    breaker = meshlib.circuit_breaker("payments-db", fail_max=1)
+    breaker.open()
+    try:
+        with meshlib.Mesh.from_text(STRICT) as mesh:
+            mesh.configure_telemetry(metrics="prometheus")
+            with mesh.serve_metrics(port=0) as server:
+                text = httpx.get(server.url, timeout=5).text
+    finally:
+        _breaker._forget_all()
+    assert 'meshlib_breaker_state{name="payments-db"} 2.0' in text  # 2 = open
+    assert "meshlib_config_reloads_total" in text
+
+
+@pytest.mark.extras
+def test_request_metrics_count_response_bytes_on_both_sides(
+    ca: LocalCA, reviews: tuple[meshlib.Mesh, int]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server_mesh, port = reviews
+    with meshlib.Mesh.from_text(
+        reviews_entry(port), service_account="productpage", identity=ca
+    ) as client_mesh:
+        with client_mesh.http_client() as client:
+            body = client.get("http://reviews:9080/").content
+        with (
+            client_mesh.serve_metrics(port=0) as source,
+            server_mesh.serve_metrics(port=0) as destination,
+        ):
+            scraped = httpx.get(source.url).text + httpx.get(destination.url).text
+
+    sums = {
+        sample.labels["reporter"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "istio_response_bytes_sum"
+    }
+    assert sums == {"source": len(body), "destination": len(body)}

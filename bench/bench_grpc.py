@@ -1,0 +1,238 @@
+"""What the mesh adds to a gRPC call, as differences and ratios against bare grpc in one run.
+
+    python bench/bench_grpc.py [--calls N] [--rounds R] [--messages M] [--plaintext]
+
+The server is a grpc server in a child process on 127.0.0.1 (client and server do not share a
+GIL) with mesh mTLS (client certificate required) from a throwaway ``LocalCA``. Unary: p50/p99
+per call, one in flight, a bare ``grpc.secure_channel`` with the same client certificate against
+a mesh channel running a VirtualService with retries and a timeout and a DestinationRule with
+load balancing, outlier detection and pool limits. Streaming: messages per second of one
+server stream of M messages, bare against mesh. Variants alternate in small batches; every
+loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from meshlib._config.source import ConfigSource  # noqa: E402
+from meshlib._engine.runtime import build_runtime  # noqa: E402
+from meshlib._identity.grpc_credentials import (  # noqa: E402
+    grpc_channel_credentials,
+    grpc_server_credentials,
+)
+from meshlib._identity.rotation import RotatingIdentity  # noqa: E402
+from meshlib._identity.sources import StaticSource  # noqa: E402
+from meshlib.grpc import MeshChannel  # noqa: E402
+from meshlib.identity import LocalCA  # noqa: E402
+
+START_TIMEOUT = 20.0
+BATCH = 50
+WARMUP = 300
+HOST = "bench.default.svc.cluster.local"
+NAMESPACE = "default"
+UNARY = "/bench.Bench/Echo"
+STREAM = "/bench.Bench/Stream"
+PAYLOAD = b"x" * 64
+
+
+def serve(port: int, ca_dir: str | None) -> None:
+    """Child process: a grpc server answering Echo and Stream, until terminated."""
+
+    def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    def stream(request: bytes, context: Any) -> Any:
+        for _ in range(int(request)):
+            yield PAYLOAD
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Bench",
+                {
+                    "Echo": grpc.unary_unary_rpc_method_handler(echo),
+                    "Stream": grpc.unary_stream_rpc_method_handler(stream),
+                },
+            ),
+        )
+    )
+    address = f"127.0.0.1:{port}"
+    if ca_dir is None:
+        server.add_insecure_port(address)
+    else:
+        ca = LocalCA.load(ca_dir)
+        identity = RotatingIdentity(StaticSource(ca.issue(NAMESPACE, "bench", [HOST])))
+        server.add_secure_port(address, grpc_server_credentials(identity))
+    server.start()
+    server.wait_for_termination()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(port: int, ca_dir: str | None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, __file__, "--serve", str(port)]
+    if ca_dir is not None:
+        command += ["--ca", ca_dir]
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait(START_TIMEOUT)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def config(port: int, mtls: bool) -> str:
+    labels = "{version: v1, security.istio.io/tlsMode: istio}" if mtls else "{version: v1}"
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: bench, namespace: {NAMESPACE}}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9090, name: grpc, protocol: GRPC}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{grpc: {port}}}, labels: {labels}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: bench, namespace: {NAMESPACE}}}
+spec:
+  host: bench
+  trafficPolicy:
+    loadBalancer: {{simple: LEAST_REQUEST}}
+    connectionPool:
+      tcp: {{maxConnections: 1000}}
+      http: {{http1MaxPendingRequests: 1000, maxRetries: 100}}
+    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bench, namespace: {NAMESPACE}}}
+spec:
+  hosts: [bench]
+  http:
+  - match: [{{uri: {{prefix: /bench.Bench/}}}}]
+    timeout: 5s
+    retries: {{attempts: 2, retryOn: "unavailable,connect-failure", perTryTimeout: 2s}}
+    route: [{{destination: {{host: bench, subset: v1}}}}]
+"""
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def unary_round(call: Any, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call(PAYLOAD, timeout=10)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def stream_rate(call: Any, messages: int) -> float:
+    start = time.perf_counter()
+    count = sum(1 for _ in call(str(messages).encode(), timeout=60))
+    assert count == messages
+    return messages / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", type=int)
+    parser.add_argument("--ca")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--plaintext", action="store_true", help="no mTLS on either side")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.ca)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        ca_dir = None if args.plaintext else str(Path(folder) / "ca")
+        ca = None if ca_dir is None else LocalCA.create(ca_dir)
+        port = free_port()
+        server = start_server(port, ca_dir)
+        try:
+            run(port, ca, args.calls, args.rounds, args.messages)
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def run(port: int, ca: LocalCA | None, n: int, rounds: int, messages: int) -> None:
+    identity = None
+    if ca is None:
+        bare_channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    else:
+        identity = RotatingIdentity(StaticSource(ca.issue(NAMESPACE, "client")))
+        bare_channel = grpc.secure_channel(
+            f"127.0.0.1:{port}",
+            grpc_channel_credentials(identity),
+            options=[("grpc.ssl_target_name_override", HOST)],
+        )
+    source = ConfigSource.from_text(config(port, ca is not None), namespace=NAMESPACE)
+    mesh_channel = MeshChannel(build_runtime(source, identity), "bench:9090")
+    bare, mesh = bare_channel.unary_unary(UNARY), mesh_channel.unary_unary(UNARY)
+    unary_round(bare, WARMUP)
+    unary_round(mesh, WARMUP)
+    bare_samples: list[float] = []
+    mesh_samples: list[float] = []
+    for _ in range(rounds * max(1, n // BATCH)):
+        bare_samples += unary_round(bare, BATCH)
+        mesh_samples += unary_round(mesh, BATCH)
+    us = 1e6
+    b50, b99 = percentile(bare_samples, 0.5) * us, percentile(bare_samples, 0.99) * us
+    m50, m99 = percentile(mesh_samples, 0.5) * us, percentile(mesh_samples, 0.99) * us
+    mode = "plaintext" if ca is None else "mTLS"
+    print(f"unary, 1 in flight, {len(mesh_samples)} calls per variant ({mode})")
+    print(f"  bare grpc channel      p50 {b50:7.0f} us   p99 {b99:7.0f} us")
+    print(f"  MeshChannel            p50 {m50:7.0f} us   p99 {m99:7.0f} us")
+    print(f"  added                  p50 {m50 - b50:+7.0f} us   p99 {m99 - b99:+7.0f} us")
+    bare_stream, mesh_stream = bare_channel.unary_stream(STREAM), mesh_channel.unary_stream(STREAM)
+    bare_rates: list[float] = []
+    mesh_rates: list[float] = []
+    for _ in range(rounds):
+        bare_rates.append(stream_rate(bare_stream, messages))
+        mesh_rates.append(stream_rate(mesh_stream, messages))
+    b, m = statistics.median(bare_rates), statistics.median(mesh_rates)
+    print(f"server stream of {messages} messages, median of {rounds}")
+    print(f"  bare {b:,.0f} msg/s   mesh {m:,.0f} msg/s   ratio {m / b:.3f}")
+    bare_channel.close()
+    mesh_channel.close()
+    if identity is not None:
+        identity.close()
+
+
+if __name__ == "__main__":
+    main()
