@@ -8,11 +8,13 @@ The peer is read only from ``scope["extensions"]`` as meshlib's uvicorn protocol
 (``mesh.serve``/``mesh.server``): a server that does not set it gives a plaintext peer, so a
 STRICT port refuses every request there. A client-sent ``x-forwarded-client-cert`` is always
 removed; an mTLS peer's identity is put back as ``x-forwarded-client-cert: By=<us>;URI=<peer>``,
-as Envoy's SANITIZE_SET does. ``x-envoy-*`` headers are trusted only from an mTLS peer of our own
-trust domain (a mesh sidecar or meshlib client wrote them): they reach the app, as Istio's apps
-see ``x-envoy-attempt-count``, and ``x-envoy-expected-rq-timeout-ms`` sets the deadline. From
-any other caller they are removed before authorization, the deadline and the app see the
-request. The app receives the normalized path when normalization changed it, as Envoy forwards it.
+as Envoy's SANITIZE_SET does. ``x-envoy-*`` and ``x-meshlib-peer-metadata`` headers are
+trusted only from an mTLS peer of our own trust domain (a mesh sidecar or meshlib client wrote
+them): they reach the app, as Istio's apps see ``x-envoy-attempt-count``,
+``x-envoy-expected-rq-timeout-ms`` sets the deadline and the peer metadata the ``source_*``
+telemetry labels. From any other caller they are removed before authorization, the deadline
+and the app see the request. The app receives the normalized path when normalization changed
+it, as Envoy forwards it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ _XFCC = b"x-forwarded-client-cert"
 _ENVOY_PREFIX = b"x-envoy-"
 _PEER_METADATA = (b"x-envoy-peer-metadata", b"x-envoy-peer-metadata-id")
 """Istio's metadata exchange headers: its inbound filter consumes them, so apps never see them."""
+_MESHLIB_METADATA = b"x-meshlib-peer-metadata"
+"""meshlib's metadata exchange: feeds the ``source_*`` labels, so trusted like ``x-envoy-*``."""
 _CLIENT_DISCONNECTED = ("DC",)
 _SERVER_ERROR = 500
 _WEBSOCKET_ACCEPTED = 101
@@ -152,6 +156,8 @@ def _sanitized(
             continue
         if lowered.startswith(_ENVOY_PREFIX) and (not trusted or lowered in _PEER_METADATA):
             continue
+        if lowered == _MESHLIB_METADATA and not trusted:
+            continue
         headers.append((name, value))
     if peer is not None and peer.mtls and peer.spiffe_id:
         headers.append((_XFCC, f"By={own};URI={peer.spiffe_id}".encode("latin-1")))
@@ -163,7 +169,7 @@ def _needs_sanitizing(raw: list[tuple[bytes, bytes]], peer: _Peer | None) -> boo
         return True
     for name, _ in raw:
         lowered = name.lower()
-        if lowered == _XFCC or lowered.startswith(_ENVOY_PREFIX):
+        if lowered in (_XFCC, _MESHLIB_METADATA) or lowered.startswith(_ENVOY_PREFIX):
             return True
     return False
 

@@ -54,6 +54,7 @@ WSGIApp = Callable[[_Environ, _StartResponse], Iterable[bytes]]
 _XFCC = "HTTP_X_FORWARDED_CLIENT_CERT"
 _ENVOY_PREFIX = "HTTP_X_ENVOY_"
 _PEER_METADATA = ("HTTP_X_ENVOY_PEER_METADATA", "HTTP_X_ENVOY_PEER_METADATA_ID")
+_MESHLIB_METADATA = "HTTP_X_MESHLIB_PEER_METADATA"
 _SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 _REASONS = {400: "400 Bad Request", 403: "403 Forbidden"}
 _SERVER_ERROR = 500
@@ -124,7 +125,9 @@ def _call(environ: _Environ, peer: _Peer) -> _Call:
 
 def _sanitize(environ: _Environ, peer: _Peer, own_id: str, trust_domain: str) -> None:
     trusted = _trusts_envoy_headers(peer, trust_domain)
-    for key in [k for k in environ if k == _XFCC or k.startswith(_ENVOY_PREFIX)]:
+    for key in [
+        k for k in environ if k in (_XFCC, _MESHLIB_METADATA) or k.startswith(_ENVOY_PREFIX)
+    ]:
         if key == _XFCC or not trusted or key in _PEER_METADATA:
             del environ[key]
     if peer.mtls and peer.spiffe_id:

@@ -7,10 +7,12 @@ edges per (cluster, endpoint) outbound and per peer inbound; spans exist only wh
 provider is installed and the request is sampled; access log records are built only when an
 access log is configured.
 
-Without metadata exchange (Istio's ``x-envoy-peer-metadata``) a source knows its destination
-from configuration only: app and version from the endpoint's labels (ServiceEntry/WorkloadEntry),
-principal from the identity the endpoint must present. A destination knows its source's
-principal and namespace from the mTLS peer; its workload, app and version stay ``unknown``.
+A source knows its destination from configuration only: app and version from the endpoint's
+labels (ServiceEntry/WorkloadEntry), principal from the identity the endpoint must present.
+A destination knows its source's principal and namespace from the mTLS peer, and its workload,
+app, version and canonical service/revision from ``x-meshlib-peer-metadata`` (meshlib's small
+metadata exchange, see ``PEER_METADATA_HEADER``), believed only from an mTLS peer of its own
+trust domain; without it they stay ``unknown``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
+from urllib.parse import quote, unquote
 
 from opentelemetry import trace
 
@@ -57,11 +60,14 @@ if TYPE_CHECKING:
     from meshlib._model.outcome import Outcome
 
 __all__ = [
+    "PEER_METADATA_HEADER",
     "SPIFFE_SCHEME",
     "InboundTelemetry",
     "OutboundTelemetry",
+    "encode_peer_metadata",
     "inbound_hooks",
     "outbound_hooks",
+    "parse_peer_metadata",
     "service_parts",
 ]
 
@@ -81,6 +87,12 @@ MAX_EDGES: Final = 4096
 """Edges kept per direction; beyond it the cache restarts (label sets stay bounded in the sink)."""
 HTTP_PROTOCOLS: Final[Mapping[str, str]] = {"http": "HTTP/1.1", "grpc": "HTTP/2"}
 """Access log ``%PROTOCOL%`` per request protocol (gRPC always runs over HTTP/2)."""
+PEER_METADATA_HEADER: Final = "x-meshlib-peer-metadata"
+"""The caller's workload labels, ``app=productpage;version=v1;workload=productpage-v1;...``."""
+MAX_PEER_METADATA: Final = 1024
+"""Longer values are ignored: the header is small by construction, a bigger one is not ours."""
+_PEER_FIELDS: Final = ("app", "version", "workload", "namespace", "service", "revision")
+"""Header keys; ``service``/``revision`` are the canonical service and revision."""
 SPAN_PLACEHOLDER: Final = "outbound"
 """A client span is started before the flow tells which cluster it picked; renamed at the end."""
 
@@ -119,6 +131,42 @@ def service_parts(fqdn: str) -> tuple[str, str]:
         if dot and name and namespace and "." not in namespace:
             return name, namespace
     return fqdn, UNKNOWN
+
+
+def encode_peer_metadata(own: WorkloadLabels) -> str | None:
+    """The ``x-meshlib-peer-metadata`` value describing ``own``; None when nothing is known."""
+    values = (
+        own.app,
+        own.version,
+        own.workload,
+        own.namespace,
+        own.canonical_service,
+        own.canonical_revision,
+    )
+    parts = [
+        f"{key}={quote(value, safe='')}"
+        for key, value in zip(_PEER_FIELDS, values, strict=True)
+        if value and value != UNKNOWN
+    ]
+    return ";".join(parts) or None
+
+
+def parse_peer_metadata(value: str) -> dict[str, str]:
+    """The known fields of an ``x-meshlib-peer-metadata`` value; malformed parts are skipped."""
+    found: dict[str, str] = {}
+    if len(value) > MAX_PEER_METADATA:
+        return found
+    for part in value.split(";"):
+        key, sep, raw = part.strip().partition("=")
+        if sep and key in _PEER_FIELDS and raw:
+            found[key] = unquote(raw)
+    return found
+
+
+def _trust_domain(principal: str) -> str | None:
+    if not principal.startswith(SPIFFE_SCHEME):
+        return None
+    return principal.removeprefix(SPIFFE_SCHEME).partition("/")[0] or None
 
 
 def _destination_workload(labels: Mapping[str, str]) -> str | None:
@@ -160,6 +208,7 @@ class OutboundTelemetry:
         "_ejected",
         "_lock",
         "_open",
+        "_peer_header",
         "_principals",
         "_random",
         "access_log",
@@ -190,6 +239,8 @@ class OutboundTelemetry:
         self._open: dict[float, MeshSpan] = {}
         self._ejected: dict[str, frozenset[tuple[str, int]]] = {}
         self._lock = threading.Lock()
+        encoded = encode_peer_metadata(source)
+        self._peer_header = None if encoded is None else (PEER_METADATA_HEADER, encoded)
         self.hooks = TelemetryHooks(
             on_attempt=self.on_attempt,
             on_request=self.on_request,
@@ -199,13 +250,17 @@ class OutboundTelemetry:
     # --- propagation and client spans ---------------------------------------------------
 
     def outbound_headers(self, start: float, deadline: float | None) -> list[tuple[str, str]]:
-        """Trace context and ``x-request-id``; starts the client span of a sampled request."""
+        """Trace context, ``x-request-id`` and our peer metadata; starts the client span of a
+        sampled request. The flow calls this only for routed (in-mesh) requests."""
         tracing = self.tracing
         span = None
         if tracing.active():
             span = self._start_span(start)
         # The flow writes the deadline header itself (per attempt): pass no deadline here.
-        return _context_headers(start, None, span=span, tracing=tracing)
+        headers = _context_headers(start, None, span=span, tracing=tracing)
+        if self._peer_header is not None:
+            headers.append(self._peer_header)
+        return headers
 
     def _sampled(self) -> bool:
         ctx = current_inbound()
@@ -437,7 +492,7 @@ def outbound_hooks(
 
 # --- inbound --------------------------------------------------------------------------------
 
-_Peer = tuple[str | None, bool, str]
+_Peer = tuple[str | None, bool, str, str | None]
 _ENDING: contextvars.ContextVar[InboundContext | None] = contextvars.ContextVar(
     "meshlib_ending_inbound", default=None
 )
@@ -451,6 +506,7 @@ class InboundTelemetry:
         "_edges",
         "_fqdn",
         "_span_port",
+        "_trust_domain",
         "access_log",
         "destination",
         "hooks",
@@ -476,6 +532,7 @@ class InboundTelemetry:
         self._fqdn = service
         self.service_name, self.service_namespace = service_parts(service)
         self._edges: dict[_Peer, EdgeLabels] = {}
+        self._trust_domain = _trust_domain(destination.principal)
         self.hooks = InboundHooks(
             on_request=self.on_request, extract=self.extract, detach=self.detach
         )
@@ -503,7 +560,12 @@ class InboundTelemetry:
     def on_request(self, record: InboundRecord) -> None:
         call = record.call
         peer = record.peer
-        key = (None if peer is None else peer.spiffe_id, record.mtls, call.protocol)
+        metadata = None
+        # Only an mTLS peer of our trust domain (a meshlib client or a mesh proxy) is believed;
+        # the ASGI/WSGI drivers also strip the header from anyone else before the app sees it.
+        if peer is not None and peer.mtls and peer.trust_domain == self._trust_domain:
+            metadata = call.headers.get(PEER_METADATA_HEADER)
+        key = (None if peer is None else peer.spiffe_id, record.mtls, call.protocol, metadata)
         edge = self._edges.get(key)
         if edge is None:
             edge = self._edge(key, peer)
@@ -528,13 +590,10 @@ class InboundTelemetry:
             self._log(record, duration_ms, request_bytes, ending)
 
     def _edge(self, key: _Peer, peer: Peer | None) -> EdgeLabels:
-        spiffe_id, mtls, protocol = key
+        spiffe_id, mtls, protocol, metadata = key
         edge = EdgeLabels(
             reporter=REPORTER_DESTINATION,
-            source=WorkloadLabels.from_workload(
-                namespace=None if peer is None else peer.namespace,
-                principal=spiffe_id,
-            ),
+            source=_source_labels(spiffe_id, None if peer is None else peer.namespace, metadata),
             destination=self.destination,
             destination_service=self._fqdn,
             destination_service_name=self.service_name,
@@ -582,6 +641,27 @@ class InboundTelemetry:
                 downstream_remote_address=remote,
             )
         )
+
+
+def _source_labels(
+    spiffe_id: str | None, namespace: str | None, metadata: str | None
+) -> WorkloadLabels:
+    plain = WorkloadLabels.from_workload(namespace=namespace, principal=spiffe_id)
+    if metadata is None:
+        return plain
+    fields = parse_peer_metadata(metadata)
+    workload = fields.get("workload", UNKNOWN)
+    app = fields.get("app", UNKNOWN)
+    return WorkloadLabels(
+        workload=workload,
+        # The certificate's namespace is verified; the header's only fills a gap.
+        namespace=namespace or fields.get("namespace", UNKNOWN),
+        principal=plain.principal,
+        app=app,
+        version=fields.get("version", UNKNOWN),
+        canonical_service=fields.get("service") or (app if app != UNKNOWN else workload),
+        canonical_revision=fields.get("revision", plain.canonical_revision),
+    )
 
 
 def inbound_hooks(

@@ -342,7 +342,9 @@ def test_ejection_check_tolerates_unknown_clusters() -> None:
 
 def test_outbound_headers_without_sdk_pass_the_inbound_context_through() -> None:
     telemetry = outbound(RecordingSink())
-    assert telemetry.outbound_headers(1.0, 5.0) == []  # no request: nothing (no deadline here)
+    own = telemetry.outbound_headers(1.0, 5.0)
+    # No inbound request: only our peer metadata (no deadline here).
+    assert [name for name, _ in own] == ["x-meshlib-peer-metadata"]
     token = enter_inbound(
         {"traceparent": TRACEPARENT, "x-request-id": RID},
         now=0.0,
@@ -353,7 +355,7 @@ def test_outbound_headers_without_sdk_pass_the_inbound_context_through() -> None
         headers = dict(telemetry.outbound_headers(1.0, 5.0))
     finally:
         exit_inbound(token)
-    assert headers == {"traceparent": TRACEPARENT, "x-request-id": RID}
+    assert headers == {"traceparent": TRACEPARENT, "x-request-id": RID, **dict(own)}
 
 
 def sdk_tracing(sdk_spans: tuple[Any, Any], percent: float = 100.0) -> Tracing:
@@ -427,7 +429,10 @@ def test_root_requests_sample_by_percentage(sdk_spans: tuple[Any, Any]) -> None:
         source=SOURCE,
         random_source=lambda: next(draws),
     )
-    assert telemetry.outbound_headers(1.0, None) == []  # 50 % > 1 %: not sampled
+    # 50 % > 1 %: not sampled, only our peer metadata
+    assert [name for name, _ in telemetry.outbound_headers(1.0, None)] == [
+        "x-meshlib-peer-metadata"
+    ]
     headers = dict(telemetry.outbound_headers(2.0, None))  # 0.1 % < 1 %: sampled
     assert "traceparent" in headers
     telemetry.on_request(record(endpoint=None, status=503, flags=("UH",), start=2.0))
