@@ -18,6 +18,7 @@ TEST_PEERS = [
     "websockets>=14",
     "opentelemetry-instrumentation-httpx>=0.48b0",
     "opentelemetry-instrumentation-asgi>=0.48b0",
+    "opentelemetry-instrumentation-grpc>=0.48b0",
     "starlette>=0.40",
     "fastapi>=0.110",
     "flask>=3",
