@@ -11,7 +11,6 @@ import asyncio
 import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
-from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -200,7 +199,7 @@ class _SyncBody(httpx.SyncByteStream):
         release, self._release = self._release, None
         if release is not None:
             release()
-            self._complete(replace(outcome, response_bytes=self._received))
+            self._complete(outcome.with_response_bytes(self._received))
 
 
 _NO_REQUEST = httpx.Request("GET", "http://meshlib.invalid/")
@@ -408,7 +407,7 @@ class _AsyncBody(httpx.AsyncByteStream):
         release, self._release = self._release, None
         if release is not None:
             release()
-            self._complete(replace(outcome, response_bytes=self._received))
+            self._complete(outcome.with_response_bytes(self._received))
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):

@@ -95,3 +95,12 @@ def test_runtime_randomness_is_seedable_and_clock_moves_forward() -> None:
     assert 0 <= one.randrange(10) < 10
     clock = MonotonicClock()
     assert clock.now() <= clock.now()
+
+
+def test_outcome_with_response_bytes_keeps_every_other_field() -> None:
+    from meshlib._model import FailureKind, Outcome
+
+    first = Outcome(503, FailureKind.RESET, 14, None, 0.5, "reset", 0)
+    counted = first.with_response_bytes(42)
+    assert counted == Outcome(503, FailureKind.RESET, 14, None, 0.5, "reset", 42)
+    assert first.response_bytes == 0
