@@ -6,7 +6,8 @@ The upstream is uvicorn in a child process on 127.0.0.1 (so client and server do
 a GIL), serving mesh mTLS (STRICT) with an SVID from a throwaway ``LocalCA``. Sync: p50/p99
 per request, one in flight, bare ``httpx.Client`` with the same client certificate vs a
 client whose ``MeshTransport`` runs a VirtualService with retries and a timeout and a
-DestinationRule with load balancing, outlier detection and pool limits. Async: requests per
+DestinationRule with load balancing, outlier detection and pool limits, metrics and trace
+propagation on (the Mesh defaults). Async: requests per
 second with K in flight on one ``AsyncMeshTransport`` client, on one bare shared
 ``AsyncClient``, and on one bare client per worker. Variants are interleaved in small
 batches; every loop is bounded.
@@ -30,8 +31,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meshlib._config.source import ConfigSource  # noqa: E402
-from meshlib._engine.runtime import OutboundRuntime, build_runtime  # noqa: E402
+from meshlib import Mesh  # noqa: E402
+from meshlib._engine.runtime import OutboundRuntime  # noqa: E402
 from meshlib._identity.rotation import RotatingIdentity  # noqa: E402
 from meshlib._identity.sources import StaticSource  # noqa: E402
 from meshlib._identity.tls import client_context  # noqa: E402
@@ -178,7 +179,12 @@ async def async_rps(clients: list[httpx.AsyncClient], url: str, total: int, infl
 
 
 class Setup:
-    """Upstream URL, the bare clients' TLS and the mesh runtime for one security mode."""
+    """Upstream URL, the bare clients' TLS and the mesh for one security mode.
+
+    The mesh is built as a user builds it (``Mesh.from_text``), with its default telemetry:
+    Istio's Prometheus metrics and trace propagation (B3 + W3C, Istio's 1 % sampling; spans
+    only exist with an OTel SDK, which the bench does not install).
+    """
 
     def __init__(self, port: int, ca: LocalCA | None) -> None:
         self.mtls = ca is not None
@@ -192,8 +198,23 @@ class Setup:
             # The same client certificate and trust as the mesh, without the SPIFFE check.
             self.verify = client_context(svid, alpn=["http/1.1"])
             identity = RotatingIdentity(StaticSource(svid))
-        source = ConfigSource.from_text(config(port, self.mtls), namespace=NAMESPACE)
-        self.runtime: OutboundRuntime = build_runtime(source, identity)
+        self.mesh = Mesh.from_text(
+            config(port, self.mtls),
+            namespace=NAMESPACE,
+            service_account=CLIENT_SA,
+            workload="bench-client",
+            identity=identity,
+        )
+        self.mesh.configure_telemetry(metrics="prometheus" if _has_prometheus() else None)
+        self.runtime: OutboundRuntime = self.mesh.runtime
+
+
+def _has_prometheus() -> bool:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from meshlib._engine.snapshot import (
 from meshlib._model.endpoint import Endpoint
 from meshlib._policy import balancing, limits, outliers, retries
 from meshlib._policy.faults import FaultPolicy
+from meshlib._policy.locality import client_priority_values
 from meshlib._policy.matching import HttpMatch, MatchKind, StringMatch
 from meshlib._policy.paths import DEFAULT_PATH_NORMALIZATION, PathNormalization
 from meshlib._policy.routing import (
@@ -980,7 +981,7 @@ def _load_balancer(
     return balancing.LoadBalancer(
         simple=_SIMPLE_LB.get(lb.simple or "UNSPECIFIED", default.simple),
         consistent_hash=_consistent_hash(ctx, res, f"{path}.consistentHash", lb.consistent_hash),
-        locality=_locality(lb.locality_lb_setting),
+        locality=_locality(ctx, lb.locality_lb_setting),
         warmup=_warmup(ctx, res, path, lb),
     )
 
@@ -1009,9 +1010,12 @@ def _consistent_hash(
     )
 
 
-def _locality(setting: r.LocalityLoadBalancerSetting | None) -> balancing.LocalitySetting | None:
+def _locality(
+    ctx: _Context, setting: r.LocalityLoadBalancerSetting | None
+) -> balancing.LocalitySetting | None:
     if setting is None:
         return None
+    priority = tuple(setting.failover_priority or ())
     return balancing.LocalitySetting(
         enabled=setting.enabled is not False,
         distribute=tuple(
@@ -1019,7 +1023,11 @@ def _locality(setting: r.LocalityLoadBalancerSetting | None) -> balancing.Locali
             for item in setting.distribute or ()
         ),
         failover=tuple((item.from_ or "", item.to or "") for item in setting.failover or ()),
-        failover_priority=tuple(setting.failover_priority or ()),
+        failover_priority=priority,
+        # The snapshot is this workload's view: its labels decide what "same" means here.
+        failover_priority_values=client_priority_values(priority, ctx.identity.labels)
+        if priority
+        else None,
     )
 
 
@@ -1053,4 +1061,5 @@ def _client_tls(tls: r.ClientTLSSettings | None) -> ClientTls | None:
         private_key=tls.private_key,
         ca_certificates=tls.ca_certificates,
         insecure_skip_verify=bool(tls.insecure_skip_verify),
+        ca_crl=tls.ca_crl,
     )

@@ -15,9 +15,10 @@ from typing import Any
 from meshlib._engine.snapshot import HostConfig, MeshSnapshot, split_authority
 from meshlib._policy.balancing import DEFAULT_LOAD_BALANCER
 from meshlib._policy.limits import DEFAULT_CONNECTION_POOL
+from meshlib._policy.locality import LOCALITY_LABEL, plan_localities
 from meshlib._policy.retries import BACKOFF_CAP_FACTOR, DEFAULT_RETRY_POLICY
 from meshlib._policy.routing import Route, RouteTable
-from meshlib._policy.traffic import DestinationPolicy, TrafficPolicy
+from meshlib._policy.traffic import DestinationPolicy, TrafficPolicy, resolve_policy
 
 __all__ = ["AUTO_TLS", "NO_SUBSET", "effective_policy", "snapshot_to_dict", "to_plain"]
 
@@ -92,6 +93,28 @@ def _subset_policy(policy: DestinationPolicy | None, subset: str | None) -> Traf
     return found.traffic_policy if found is not None else None
 
 
+def _locality_view(
+    snapshot: MeshSnapshot, config: HostConfig, subset: str | None, port: int
+) -> dict[str, Any]:
+    """The locality priorities and weights this workload gives the configured endpoints."""
+    resolved = resolve_policy(config.destination, subset, port)
+    balancer = resolved.load_balancer
+    plan = plan_localities(
+        config.endpoints_for(subset, port),
+        snapshot.identity.labels.get(LOCALITY_LABEL, ""),
+        balancer.locality,
+        failover=resolved.outlier_detection is not None,
+        weighted=balancer.consistent_hash is None,
+    )
+    return {
+        "priorities": [[str(e) for e in level] for level in plan.levels],
+        "locality_weights": None
+        if plan.groups is None
+        else [{g.locality: g.weight for g in level} for level in plan.groups],
+        "dropped": [str(e) for e in plan.removed],
+    }
+
+
 def _route(route: Route) -> dict[str, Any]:
     plain: dict[str, Any] = to_plain(route)
     total = sum(d.weight for d in route.destinations) or 1
@@ -142,6 +165,9 @@ def snapshot_to_dict(snapshot: MeshSnapshot, host: str, port: int | None = None)
             "endpoints": {
                 str(p): [to_plain(e) for e in config.endpoints_for(subset or None, p)]
                 for p in (ports or [0])
+            },
+            "locality": {
+                str(p): _locality_view(snapshot, config, subset or None, p) for p in (ports or [0])
             },
         }
         subsets[subset] = entry

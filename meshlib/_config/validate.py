@@ -94,31 +94,15 @@ _TRAFFIC_POLICIES = (
 _POLICY_FIELDS_NOT_ENFORCED = (
     "tunnel",
     "proxyProtocol",
-    "loadBalancer.warmup",
-    "loadBalancer.warmupDurationSecs",
-    # Only ``enabled`` acts (locality-prioritised picking needs outlier detection, as in Istio).
-    "loadBalancer.localityLbSetting.distribute",
-    "loadBalancer.localityLbSetting.failover",
-    "loadBalancer.localityLbSetting.failoverPriority",
     # The cookie is hashed when the client sends it; none is generated when ttl is set.
     "loadBalancer.consistentHash.httpCookie.ttl",
     "loadBalancer.zoneAwareLbSetting",
     "connectionPool.http.h2UpgradePolicy",
     "connectionPool.http.useClientProtocol",
     "connectionPool.http.maxConcurrentStreams",
-    "connectionPool.http.idleTimeout",
-    "connectionPool.tcp.idleTimeout",
     "connectionPool.tcp.tcpKeepalive",
     "connectionPool.tcp.maxConnectionDuration",
-    # Mesh mTLS (ISTIO_MUTUAL) and DISABLE act; TLS origination with files does not.
-    "tls.mode=SIMPLE",
-    "tls.mode=MUTUAL",
-    "tls.sni",
-    "tls.clientCertificate",
-    "tls.privateKey",
-    "tls.caCertificates",
-    "tls.caCrl",
-    "tls.insecureSkipVerify",
+    # Secrets by name need Istio's SDS (a sidecar takes them only with a workloadSelector).
     "tls.credentialName",
 )
 

@@ -12,21 +12,25 @@ import threading
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Protocol
 
 from meshlib._model.endpoint import Endpoint
 from meshlib._model.outcome import Classification
 from meshlib._model.runtime import Random
 from meshlib._policy.balancing import (
+    MAX_HOST_SELECTION_ATTEMPTS,
     ActiveCounts,
     Balancer,
     LoadBalancer,
+    SlowStart,
     choose_priority,
-    locality_priorities,
     make_balancer,
     priority_loads,
+    warms_up,
 )
 from meshlib._policy.limits import Admission, ConnectionPool, Limiter, RetryBudget
+from meshlib._policy.locality import LocalityGroup, LocalityPlan, choose_locality, plan_localities
 from meshlib._policy.outliers import OutlierDetection, OutlierDetector
 
 
@@ -75,15 +79,21 @@ class ClusterState:
     __slots__ = (
         "_balancers",
         "_detector",
+        "_full_groups",
+        "_general",
+        "_groups",
         "_level_cache",
         "_levels",
         "_limiter",
         "_lock",
+        "_offsets",
+        "_slow_start",
         "_waiters",
         "endpoints",
         "local_locality",
         "multiplexed",
         "policy",
+        "removed",
     )
 
     def __init__(
@@ -93,9 +103,11 @@ class ClusterState:
         *,
         local_locality: str = "",
         multiplexed: bool = False,
+        previous: ClusterState | None = None,
     ) -> None:
+        """``previous`` is the state this one replaces (same cluster, new endpoints or policy):
+        endpoints it did not have start in slow start when ``warmup`` is set."""
         self.policy = policy
-        self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
         self.local_locality = local_locality
         self.multiplexed = multiplexed
         self._lock = threading.Lock()
@@ -104,20 +116,51 @@ class ClusterState:
         )
         self._waiters: deque[Waiter] = deque()
         od = policy.outlier_detection
-        self._detector = None if od is None else OutlierDetector(od, self.endpoints)
-        locality = policy.load_balancer.locality
+        settings = policy.load_balancer
         # Istio programs locality failover only when outlier detection is configured.
-        prioritised = od is not None and (locality is None or locality.enabled)
-        self._levels: tuple[tuple[Endpoint, ...], ...] = (
-            locality_priorities(self.endpoints, local_locality)
-            if prioritised and local_locality
-            else (self.endpoints,)
+        plan = plan_localities(
+            endpoints,
+            local_locality,
+            settings.locality,
+            failover=od is not None,
+            weighted=settings.consistent_hash is None,
         )
-        self._level_cache: tuple[int, tuple[Sequence[Endpoint], ...]] | None = None
+        self.removed: tuple[Endpoint, ...] = plan.removed
+        """Endpoints of localities ``distribute`` gives no weight (istiod drops them)."""
+        gone = {endpoint.key for endpoint in plan.removed}
+        self.endpoints: tuple[Endpoint, ...] = tuple(e for e in endpoints if e.key not in gone)
+        self._detector = None if od is None else OutlierDetector(od, self.endpoints)
+        self._levels: tuple[tuple[Endpoint, ...], ...] = plan.levels or (self.endpoints,)
+        self._groups = plan.groups
+        self._full_groups: tuple[tuple[Sequence[Endpoint], ...], ...] = tuple(
+            tuple(group.endpoints for group in level) for level in plan.groups or ()
+        )
+        self._level_cache: (
+            tuple[int, tuple[Sequence[Endpoint], ...], tuple[tuple[Sequence[Endpoint], ...], ...]]
+            | None
+        ) = None
+        self._slow_start: SlowStart | None = None
+        if previous is not None and settings.warmup is not None and warms_up(settings):
+            self._slow_start = SlowStart.carried(
+                settings.warmup,
+                self.endpoints,
+                {endpoint.key for endpoint in previous.endpoints},
+                previous._slow_start,
+            )
         active: ActiveCounts = {}
+        # One balancer per priority, or per locality of each priority when weighted; they
+        # share the load counts.
+        members = self._levels if plan.groups is None else [g.endpoints for g in _flat(plan)]
         self._balancers: tuple[Balancer, ...] = tuple(
-            make_balancer(policy.load_balancer, level, active=active) for level in self._levels
+            make_balancer(settings, group, active=active, slow_start=self._slow_start)
+            for group in members
         )
+        self._offsets = tuple(accumulate((len(level) for level in plan.groups or ()), initial=0))
+        self._general = self._needs_general()
+
+    def _needs_general(self) -> bool:
+        # The plain path serves one priority without locality weights or warming endpoints.
+        return len(self._levels) > 1 or self._groups is not None or self._slow_start is not None
 
     # -- admission -----------------------------------------------------------------------------
 
@@ -222,43 +265,112 @@ class ClusterState:
         exclude: Collection[Endpoint],
         now: float,
     ) -> Endpoint | None:
+        if self._general:
+            return self._pick_general(rng, hash_key, exclude, now)
         detector = self._detector
-        levels = self._levels
-        if detector is None:
-            everyone: Sequence[Endpoint] = levels[0]
-        else:
-            everyone = detector.healthy(self.endpoints, now)
-        if len(levels) == 1:
-            if len(everyone) == 1:
-                # Every balancer picks the only endpoint (an excluded one too, after its
-                # attempts): skip its random draws.
-                return everyone[0]
-            return self._balancers[0].pick(everyone, rng, hash_key=hash_key, exclude=exclude)
-        assert detector is not None  # several priority levels exist only with outlier detection
+        everyone = self.endpoints if detector is None else detector.healthy(self.endpoints, now)
+        if len(everyone) == 1:
+            # Every balancer picks the only endpoint (an excluded one too, after its
+            # attempts): skip its random draws.
+            return everyone[0]
+        return self._balancers[0].pick(everyone, rng, hash_key=hash_key, exclude=exclude)
+
+    def _pick_general(
+        self,
+        rng: Random,
+        hash_key: int | None,
+        exclude: Collection[Endpoint],
+        now: float,
+    ) -> Endpoint | None:
+        """Priorities (locality failover), locality weights and slow start."""
+        slow = self._slow_start
+        if slow is not None and not slow.observe(now):
+            self._slow_start = None  # everyone has warmed up, for good
+            self._general = self._needs_general()
+        detector = self._detector
+        endpoints = self.endpoints
+        everyone = endpoints if detector is None else detector.healthy(endpoints, now)
         if not everyone:
             return None
-        if everyone is self.endpoints:
-            healthy: Sequence[Sequence[Endpoint]] = levels  # nothing ejected, or panic
+        if everyone is endpoints:  # nothing ejected, or panic
+            levels: Sequence[Sequence[Endpoint]] = self._levels
+            groups = self._full_groups
         else:
-            healthy = self._healthy_levels(detector, now)
-        loads = priority_loads([len(h) for h in healthy], [len(level) for level in levels])
-        index = choose_priority(loads, rng)
-        return self._balancers[index].pick(healthy[index], rng, hash_key=hash_key, exclude=exclude)
+            assert detector is not None
+            levels, groups = self._healthy_levels(detector, now)
+        chosen = self._pick_once(levels, groups, rng, hash_key, exclude)
+        # Like Envoy's host selection retries, a retry that drew an excluded host draws again
+        # from the top (priority and locality too), up to five times in all.
+        attempts = 1
+        while exclude and chosen in exclude and attempts < MAX_HOST_SELECTION_ATTEMPTS:
+            chosen = self._pick_once(levels, groups, rng, hash_key, exclude)
+            attempts += 1
+        return chosen
+
+    def _pick_once(
+        self,
+        levels: Sequence[Sequence[Endpoint]],
+        groups: Sequence[Sequence[Sequence[Endpoint]]],
+        rng: Random,
+        hash_key: int | None,
+        exclude: Collection[Endpoint],
+    ) -> Endpoint | None:
+        index = 0
+        if len(levels) > 1:
+            loads = priority_loads([len(h) for h in levels], [len(level) for level in self._levels])
+            index = choose_priority(loads, rng)
+        if self._groups is None:
+            return self._balancers[index].pick(
+                levels[index], rng, hash_key=hash_key, exclude=exclude
+            )
+        healthy = groups[index]
+        local = choose_locality(self._groups[index], [len(g) for g in healthy], rng)
+        balancer = self._balancers[self._offsets[index] + local]
+        return balancer.pick(healthy[local], rng, hash_key=hash_key, exclude=exclude)
 
     def _healthy_levels(
         self, detector: OutlierDetector, now: float
-    ) -> tuple[Sequence[Endpoint], ...]:
+    ) -> tuple[tuple[Sequence[Endpoint], ...], tuple[tuple[Sequence[Endpoint], ...], ...]]:
+        """Non-ejected endpoints per priority, and per locality of each priority."""
         # Cached per ejection version: balancers then see the same sequences and keep state.
         cached = self._level_cache
         if cached is not None and cached[0] == detector.version:
-            return cached[1]
+            return cached[1], cached[2]
         ejected = {endpoint.key for endpoint, _ in detector.ejected()}
-        result = tuple(
-            tuple(e for e in level if e.key not in ejected) if ejected else level
-            for level in self._levels
+
+        def usable(members: tuple[Endpoint, ...]) -> Sequence[Endpoint]:
+            return tuple(e for e in members if e.key not in ejected) if ejected else members
+
+        levels = tuple(usable(level) for level in self._levels)
+        groups = tuple(
+            tuple(usable(group.endpoints) for group in level) for level in self._groups or ()
         )
-        self._level_cache = (detector.version, result)
-        return result
+        self._level_cache = (detector.version, levels, groups)
+        return levels, groups
+
+    # -- explain -------------------------------------------------------------------------------
+
+    def placement(self, now: float) -> dict[tuple[str, int], dict[str, float | int | None]]:
+        """Per endpoint key: its ``priority`` (0 is tried first), its locality's share of that
+        priority in percent (``locality_weight``, ``None`` without locality weighting) and its
+        slow-start weight factor now (``warmup_factor``, ``None`` when not warming up)."""
+        with self._lock:
+            slow = self._slow_start
+            result: dict[tuple[str, int], dict[str, float | int | None]] = {}
+            for priority, level in enumerate(self._levels):
+                groups = self._groups[priority] if self._groups is not None else ()
+                total = sum(group.weight for group in groups)
+                shares = {
+                    e.key: 100.0 * group.weight / total for group in groups for e in group.endpoints
+                }
+                for endpoint in level:
+                    factor = slow.factor_at(endpoint, now) if slow is not None else 1.0
+                    result[endpoint.key] = {
+                        "priority": priority,
+                        "locality_weight": shares.get(endpoint.key),
+                        "warmup_factor": factor if factor < 1.0 else None,
+                    }
+            return result
 
     def record(
         self, endpoint: Endpoint, classification: Classification, status: int, now: float
@@ -321,12 +433,14 @@ class ClusterSpec:
     local_locality: str = ""
     multiplexed: bool = False
 
-    def build(self) -> ClusterState:
+    def build(self, previous: ClusterState | None = None) -> ClusterState:
+        """``previous``: the state this one replaces (its endpoints are not new: no warmup)."""
         return ClusterState(
             self.policy,
             self.endpoints,
             local_locality=self.local_locality,
             multiplexed=self.multiplexed,
+            previous=previous,
         )
 
 
@@ -352,7 +466,7 @@ class ClusterRegistry:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or not _same(entry[0], spec):
-                entry = (spec, spec.build())
+                entry = (spec, spec.build(None if entry is None else entry[1]))
                 self._entries = {**self._entries, key: entry}
             return entry[1]
 
@@ -363,9 +477,9 @@ class ClusterRegistry:
             fresh: dict[Hashable, tuple[ClusterSpec, ClusterState]] = {}
             for key, spec in specs.items():
                 entry = old.get(key)
-                fresh[key] = (
-                    entry if entry is not None and _same(entry[0], spec) else (spec, spec.build())
-                )
+                if entry is None or not _same(entry[0], spec):
+                    entry = (spec, spec.build(None if entry is None else entry[1]))
+                fresh[key] = entry
             self._entries = fresh
 
     def __len__(self) -> int:
@@ -380,3 +494,7 @@ class ClusterRegistry:
 
 def _same(old: ClusterSpec, new: ClusterSpec) -> bool:
     return old is new or old == new
+
+
+def _flat(plan: LocalityPlan) -> list[LocalityGroup]:
+    return [group for level in plan.groups or () for group in level]

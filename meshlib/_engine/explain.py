@@ -208,11 +208,16 @@ def _destination(
     return entry
 
 
+_DROPPED = {"priority": None, "locality_weight": None, "warmup_factor": None}
+"""Placement of an endpoint that ``distribute`` leaves out: it is never picked."""
+
+
 def _cluster(target: ClusterTarget, runtime: OutboundRuntime) -> dict[str, Any]:
     state = target.state
     ejected = {endpoint.key: until for endpoint, until in state.ejected()}
+    placement = state.placement(runtime.clock.now())
     endpoints = []
-    for endpoint in state.endpoints:
+    for endpoint in (*state.endpoints, *state.removed):
         tls, peers = target.endpoint_tls(endpoint, runtime.mtls_available)
         until = ejected.get(endpoint.key)
         endpoints.append(
@@ -226,6 +231,9 @@ def _cluster(target: ClusterTarget, runtime: OutboundRuntime) -> dict[str, Any]:
                 "ejected_until": until,
                 "mtls": tls,
                 "expected_peers": sorted(peers),
+                # Locality priority (0 first), the locality's share of it in percent and the
+                # slow-start weight factor: why this endpoint gets more or less traffic.
+                **placement.get(endpoint.key, _DROPPED),
             }
         )
     policy = target.policy
@@ -235,6 +243,7 @@ def _cluster(target: ClusterTarget, runtime: OutboundRuntime) -> dict[str, Any]:
         "reply": None,
         "endpoints": endpoints,
         "tls_mode": target.tls_mode or "auto",
+        "tls_origination": to_plain(target.origination),
         "connection_pool": to_plain(policy.connection_pool),
         "outlier_detection": to_plain(policy.outlier_detection),
         "load_balancer": to_plain(policy.load_balancer),

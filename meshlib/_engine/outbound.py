@@ -57,13 +57,12 @@ from meshlib._policy.routing import (
     NO_ROUTE_REPLY,
     HeaderOps,
     Route,
-    apply_header_ops,
     choose_destination,
     default_route,
     direct_reply,
+    header_plan,
     match_route,
     redirect_reply,
-    response_header_ops,
     rewrite_request,
 )
 
@@ -177,18 +176,18 @@ class _Request:
         hook = self.runtime.hooks.on_request
         if hook is not None:
             hook(
-                RequestRecord(
-                    call=self.call,
-                    service=self.service,
-                    cluster=self.cluster,
-                    status=status,
-                    flags=flags,
-                    attempts=self.attempts,
-                    endpoint=endpoint,
-                    start=self.start,
-                    end=self.runtime.clock.now(),
-                    grpc_status=grpc_status,
-                    response_bytes=response_bytes,
+                RequestRecord(  # positional, in field order: this runs on every request
+                    self.call,
+                    self.service,
+                    self.cluster,
+                    status,
+                    flags,
+                    self.attempts,
+                    endpoint,
+                    self.start,
+                    self.runtime.clock.now(),
+                    grpc_status,
+                    response_bytes,
                 )
             )
 
@@ -290,19 +289,20 @@ def outbound_flow(
 
         # 2. Faults come before admission: an injected abort spends no pool budget and no
         # outlier statistics (Envoy's fault filter runs before the router).
+        now = request.start
         fault = route.fault
         if fault is not None:
             delay = decide_delay(fault, rng)
             if delay is not None:
                 request.flags = (FLAG_FAULT_DELAY,)
                 yield Sleep(delay)
+                now = clock.now()
             abort = decide_abort(fault, rng, grpc=call.protocol == "grpc")
             if abort is not None:
                 yield _final(request, abort)
                 return
 
         # The route timeout starts when routing starts, after the fault delay.
-        now = clock.now()
         deadline = overall_deadline(now, route.timeout, None, inherited_deadline)
         # The caller's clock started before any fault delay.
         caller_deadline = None if caller_timeout is None else request.start + caller_timeout
@@ -322,9 +322,13 @@ def outbound_flow(
         request.service = target.service
         request.cluster = target.name
         request.state = target.state
-        path, authority = rewrite_request(route, match_index, call, destination)
-        ops = apply_header_ops(route, destination)
-        response_ops = response_header_ops(route, destination)
+        plan = header_plan(route, destination)
+        if route.rewrite is None:
+            path, authority = None, plan.authority
+        else:
+            path, authority = rewrite_request(route, match_index, call, destination)
+        ops = plan.request
+        response_ops = plan.response
         set_headers = (*ops.set, _CONNECTION_CLOSE) if target.close_connections else ops.set
         propagate = runtime.hooks.outbound_headers
         if propagate is not None:
@@ -343,6 +347,7 @@ def outbound_flow(
             request,
             target,
             route.retries,
+            now,
             deadline,
             caller_deadline,
             hash_key,
@@ -367,6 +372,7 @@ def _attempts(
     request: _Request,
     target: ClusterTarget,
     policy: RetryPolicy,
+    now: float,
     deadline: float | None,
     caller_deadline: float | None,
     hash_key: int | None,
@@ -394,7 +400,8 @@ def _attempts(
     number = 0
     while True:
         number += 1
-        now = clock.now()
+        if number > 1:  # the first attempt starts at the ``now`` routing started with
+            now = clock.now()
         timeout = attempt_timeout(now, deadline, per_try)
         if deadline is not None and now >= deadline:
             yield _expired(request, caller_deadline)
@@ -428,19 +435,21 @@ def _attempts(
         expected = remaining_ms_header(now, None if timeout is None else now + timeout)
         if expected is not None:
             headers = (*headers, (EXPECTED_TIMEOUT_HEADER, expected))
+        # Positional: keyword passing costs µs on this path (order as declared in Attempt).
         attempt = Attempt(
-            endpoint=endpoint,
-            number=number,
-            timeout=timeout,
-            set_headers=headers,
-            add_headers=add_headers,
-            remove_headers=remove_headers,
-            path=path,
-            authority=authority,
-            cluster=target.name,
-            tls=tls,
-            expected_peers=peers,
-            origination=None if tls else target.origination,
+            endpoint,
+            number,
+            timeout,
+            headers,
+            add_headers,
+            remove_headers,
+            path,
+            authority,
+            target.name,
+            tls,
+            peers,
+            None if tls else target.origination,
+            target.connection,
         )
         outcome = yield Send(attempt)
         if outcome is None:  # pragma: no cover - a driver bug; fail loudly

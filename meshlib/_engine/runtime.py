@@ -16,11 +16,16 @@ from typing import Protocol
 from meshlib._engine.clusters import ClusterRegistry, ClusterSpec, ClusterState
 from meshlib._engine.snapshot import HostConfig, Location, MeshSnapshot, Resolution
 from meshlib._model.call import Call
-from meshlib._model.commands import Attempt, TlsOrigination
+from meshlib._model.commands import (
+    DEFAULT_CONNECTION,
+    Attempt,
+    ConnectionSettings,
+    TlsOrigination,
+)
 from meshlib._model.endpoint import Endpoint
 from meshlib._model.outcome import Classification, Outcome
 from meshlib._model.runtime import Clock, MonotonicClock, Random, SystemRandom
-from meshlib._policy.limits import DEFAULT_CONNECT_TIMEOUT
+from meshlib._policy.limits import DEFAULT_CONNECT_TIMEOUT, ConnectionPool
 from meshlib._policy.traffic import ResolvedPolicy, resolve_policy
 
 __all__ = [
@@ -75,9 +80,10 @@ class Resolver(Protocol):
     def addresses(self, name: str) -> tuple[str, ...] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
+# Built once per request: a frozen dataclass pays object.__setattr__ per field (µs here).
+@dataclass(slots=True)
 class RequestRecord:
-    """One finished outbound request, for metrics and access logs."""
+    """One finished outbound request, for metrics and access logs (read-only by convention)."""
 
     call: Call
     service: str
@@ -133,6 +139,8 @@ class ClusterTarget:
     close_connections: bool
     """``maxRequestsPerConnection: 1``: no keep-alive."""
     in_mesh: bool
+    connection: ConnectionSettings = DEFAULT_CONNECTION
+    """Connect timeout, requests per connection and idle timeout, for the driver's pools."""
     origination: TlsOrigination | None = None
     """DestinationRule ``tls`` SIMPLE or MUTUAL: TLS the driver originates."""
     _tls_cache: dict[tuple[str, int], tuple[bool, frozenset[str]]] = field(
@@ -285,14 +293,20 @@ class OutboundRuntime:
         tls = policy.tls
         origination = None
         if tls is not None and tls.mode in ORIGINATING_MODES:
+            sans = tls.subject_alt_names
+            if not sans and tls.sni is not None and service is not None:
+                # Istio: the ServiceEntry's SANs when the rule names none. Envoy applies them
+                # only with an explicit sni (otherwise auto SAN validation checks the host).
+                sans = service.subject_alt_names
             origination = TlsOrigination(
                 mode=tls.mode,
                 sni=tls.sni,
-                subject_alt_names=tls.subject_alt_names,
+                subject_alt_names=sans,
                 client_certificate=tls.client_certificate,
                 private_key=tls.private_key,
                 ca_certificates=tls.ca_certificates,
                 insecure_skip_verify=tls.insecure_skip_verify,
+                ca_crl=tls.ca_crl,
             )
         return ClusterTarget(
             name=cluster_name(port, subset, fqdn),
@@ -303,10 +317,20 @@ class OutboundRuntime:
             peers=frozenset(p if p.startswith("spiffe://") else f"spiffe://{p}" for p in peers),
             connect_timeout=pool.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
             close_connections=pool.max_requests_per_connection == 1,
+            connection=_connection_settings(pool),
             in_mesh=config is not None
             and (service is None or service.location is Location.MESH_INTERNAL),
             origination=origination,
         )
+
+
+def _connection_settings(pool: ConnectionPool) -> ConnectionSettings:
+    idle = [t for t in (pool.http_idle_timeout, pool.tcp_idle_timeout) if t is not None]
+    return ConnectionSettings(
+        connect_timeout=pool.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
+        max_requests_per_connection=pool.max_requests_per_connection,
+        idle_timeout=min(idle) if idle else None,
+    )
 
 
 def _local_locality(snapshot: MeshSnapshot) -> str:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
+
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+"""The shared empty label mapping (a call without source labels allocates nothing)."""
 
 
 class HeaderView(Protocol):
@@ -82,8 +86,11 @@ class Call:
     headers: HeaderView
     body_replayable: bool = True
     peer: Peer | None = None
-    source_labels: Mapping[str, str] = field(default_factory=dict)
+    source_labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
     source_namespace: str | None = None
+    request_bytes: int | None = None
+    """The request body size when the driver knows it (telemetry); ``None``: read
+    ``content-length``."""
     _split: tuple[str, str] | None = field(default=None, repr=False)
 
     @property

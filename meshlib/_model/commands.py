@@ -22,11 +22,30 @@ class TlsOrigination:
     sni: str | None = None
     """``None``: the called host."""
     subject_alt_names: frozenset[str] = frozenset()
+    """The server certificate must carry one of these (DNS, URI, IP or email SAN) instead of
+    the SNI name; empty: the SNI name is checked."""
     client_certificate: str | None = None
     private_key: str | None = None
     ca_certificates: str | None = None
     """PEM file of trusted CAs; ``None``: the system's."""
     insecure_skip_verify: bool = False
+    ca_crl: str | None = None
+    """PEM file of certificate revocation lists; a revoked server certificate is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """How a cluster's connections are made and kept (DestinationRule ``connectionPool``)."""
+
+    connect_timeout: float | None = None
+    """Seconds for TCP connect and TLS handshake; ``None``: the caller's own."""
+    max_requests_per_connection: int = 0
+    """Close a connection after this many requests; 0: no limit."""
+    idle_timeout: float | None = None
+    """Close a connection idle this long; ``None``: the driver's own keep-alive."""
+
+
+DEFAULT_CONNECTION = ConnectionSettings()
 
 
 # Attempt, Send and Deliver are built on every request: plain slotted classes, because a frozen
@@ -57,6 +76,7 @@ class Attempt:
     """SPIFFE IDs the server may present; empty means any ID of the trust domain."""
     origination: TlsOrigination | None = None
     """TLS to originate towards a server outside the mesh (``tls`` is then False)."""
+    connection: ConnectionSettings = DEFAULT_CONNECTION
 
 
 @dataclass(slots=True, eq=False)

@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from itertools import accumulate
+from types import MappingProxyType
 from urllib.parse import unquote
 
 from meshlib._model.call import Call
@@ -44,14 +45,24 @@ class ConsistentHash:
 
 @dataclass(frozen=True, slots=True)
 class LocalitySetting:
+    """``localityLbSetting``; ``_policy.locality`` turns it into priorities and weights."""
+
     enabled: bool = True
     distribute: tuple[tuple[str, Mapping[str, int]], ...] = ()
+    """``(from, {to: weight})`` rules, in order."""
     failover: tuple[tuple[str, str], ...] = ()
+    """``(from region, to region)``."""
     failover_priority: tuple[str, ...] = ()
+    failover_priority_values: tuple[tuple[str, str], ...] | None = None
+    """``failoverPriority`` as ``(label, value)`` for this client, resolved when compiled (its
+    labels, locality and ``label=value`` overrides); ``None``: the client has no labels and
+    istiod ignores ``failoverPriority``."""
 
 
 @dataclass(frozen=True, slots=True)
 class Warmup:
+    """``warmup`` / ``warmupDurationSecs``: Envoy's slow start (ROUND_ROBIN, LEAST_REQUEST)."""
+
     duration: float
     minimum_percent: float = 10.0
     aggression: float = 1.0
@@ -263,6 +274,153 @@ class LeastRequestBalancer(Balancer):
         # this request's own start is not counted yet, as in Envoy).
         weight = chosen.weight / (active.get(chosen.key, 0) + 1) ** self._bias
         self._edf.next_with(weight)
+        return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Slow start
+
+MIN_SLOW_START_AGE = 0.001
+"""Envoy's time factor counts at least one millisecond."""
+
+EndpointKey = tuple[str, int]
+
+
+def slow_start_factor(warmup: Warmup, age: float) -> float:
+    """Envoy's weight factor for an endpoint ``age`` seconds into its slow start window."""
+    if age >= warmup.duration:
+        return 1.0
+    time_factor = max(age, MIN_SLOW_START_AGE) / warmup.duration
+    return max(warmup.minimum_percent / 100.0, math.pow(time_factor, 1.0 / warmup.aggression))
+
+
+class SlowStart:
+    """The endpoints of one cluster that are warming up, and the clock they are judged by.
+
+    Endpoints present when the cluster was first built are not in slow start (nor are Envoy's
+    hosts at cluster creation); endpoints that join later are, from their first pick. The
+    cluster calls ``observe(now)`` under its lock before each pick; balancers read ``active``
+    and ``factor``.
+    """
+
+    __slots__ = ("_pending", "active", "joined", "now", "until", "warmup")
+
+    def __init__(
+        self,
+        warmup: Warmup,
+        joined: Mapping[EndpointKey, float] = MappingProxyType({}),
+        pending: Collection[EndpointKey] = (),
+    ) -> None:
+        self.warmup = warmup
+        self.joined = dict(joined)
+        """Endpoint key -> the time it joined."""
+        self._pending = tuple(pending)
+        self.now = -math.inf
+        self.until = max(self.joined.values(), default=-math.inf) + warmup.duration
+        self.active = False
+
+    @classmethod
+    def carried(
+        cls,
+        warmup: Warmup,
+        members: Sequence[Endpoint],
+        previous: Collection[EndpointKey],
+        earlier: SlowStart | None = None,
+    ) -> SlowStart | None:
+        """For a cluster rebuilt from one with ``previous`` endpoints: members it did not have
+        join now; ``earlier`` (its slow start) keeps the others' join times. ``None``: nobody
+        is warming up."""
+        keys = {member.key for member in members}
+        joined: dict[EndpointKey, float] = {}
+        pending = [key for key in keys if key not in previous]
+        if earlier is not None:
+            joined = {key: time for key, time in earlier.joined.items() if key in keys}
+            pending += [key for key in earlier._pending if key in keys and key not in pending]
+        if not pending and not joined:
+            return None
+        return cls(warmup, joined, sorted(pending))
+
+    def observe(self, now: float) -> bool:
+        """Set the clock; True while some endpoint is within its window."""
+        if self._pending:
+            for key in self._pending:
+                self.joined[key] = now
+            self._pending = ()
+            self.until = max(self.until, now + self.warmup.duration)
+        self.now = now
+        self.active = now < self.until
+        return self.active
+
+    @property
+    def pending(self) -> bool:
+        """Joined endpoints not yet seen by a pick (their window starts then)."""
+        return bool(self._pending)
+
+    def factor(self, endpoint: Endpoint) -> float:
+        """The weight factor at the last ``observe``."""
+        joined = self.joined.get(endpoint.key)
+        return 1.0 if joined is None else slow_start_factor(self.warmup, self.now - joined)
+
+    def factor_at(self, endpoint: Endpoint, now: float) -> float:
+        """The weight factor at ``now``, changing nothing (a pending endpoint is at age 0)."""
+        key = endpoint.key
+        joined = now if key in self._pending else self.joined.get(key)
+        return 1.0 if joined is None else slow_start_factor(self.warmup, now - joined)
+
+
+class SlowStartBalancer(Balancer):
+    """ROUND_ROBIN or LEAST_REQUEST with ``warmup``.
+
+    While nobody warms up it is the plain balancer. While someone does, Envoy leaves rotation
+    and power-of-two choices for EDF on ``weight × slow-start factor`` (LEAST_REQUEST: divided
+    by ``(active + 1)^bias``), recomputing a host's weight each time it is queued again, so a
+    warming host's share grows with its age.
+    """
+
+    __slots__ = ("_bias", "_edf", "_plain", "_slow")
+
+    def __init__(
+        self,
+        plain: RoundRobinBalancer | LeastRequestBalancer,
+        slow: SlowStart,
+        active: ActiveCounts,
+        bias: float = 0.0,
+    ) -> None:
+        super().__init__(active)
+        self._plain = plain
+        self._slow = slow
+        self._bias = bias
+        self._edf: _Edf | None = None
+
+    def pick(
+        self,
+        candidates: Sequence[Endpoint],
+        rng: Random,
+        *,
+        hash_key: int | None = None,
+        exclude: Collection[Endpoint] = (),
+    ) -> Endpoint | None:
+        if not self._slow.active:
+            return self._plain.pick(candidates, rng, hash_key=hash_key, exclude=exclude)
+        return super().pick(candidates, rng, hash_key=hash_key, exclude=exclude)
+
+    def _rebuild(self, members: tuple[Endpoint, ...]) -> None:
+        self._edf = None
+
+    def _weight(self, endpoint: Endpoint) -> float:
+        weight = endpoint.weight * self._slow.factor(endpoint)
+        if self._bias:
+            weight /= math.pow(self._active.get(endpoint.key, 0) + 1, self._bias)
+        return weight
+
+    def _pick_one(
+        self, candidates: Sequence[Endpoint], rng: Random, hash_key: int | None
+    ) -> Endpoint:
+        edf = self._edf
+        if edf is None:
+            edf = self._edf = _Edf([self._weight(member) for member in candidates], rng)
+        chosen = candidates[edf.peek()]
+        edf.next_with(self._weight(chosen))
         return chosen
 
 
@@ -507,30 +665,7 @@ def _query_parameter(query: str, name: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Locality-aware priorities
-
-
-def locality_priorities(
-    endpoints: Sequence[Endpoint], local: str
-) -> tuple[tuple[Endpoint, ...], ...]:
-    """Endpoints grouped by closeness to ``local`` (``region/zone/subzone``), closest first.
-
-    Priority 0 shares region, zone and subzone; then region and zone; then region; then the
-    rest. Empty groups are dropped. Unknown local locality: one group.
-    """
-    if not local:
-        return (tuple(endpoints),) if endpoints else ()
-    mine = local.split("/")
-    groups: list[list[Endpoint]] = [[], [], [], []]
-    for endpoint in endpoints:
-        theirs = endpoint.locality.split("/") if endpoint.locality else []
-        shared = 0
-        for a, b in zip(mine, theirs, strict=False):
-            if a != b or not a:
-                break
-            shared += 1
-        groups[3 - min(shared, 3)].append(endpoint)
-    return tuple(tuple(group) for group in groups if group)
+# Locality priorities (the plan per client is ``_policy.locality``)
 
 
 def priority_loads(healthy: Sequence[int], totals: Sequence[int]) -> list[float]:
@@ -555,18 +690,32 @@ def priority_loads(healthy: Sequence[int], totals: Sequence[int]) -> list[float]
 
 def choose_priority(loads: Sequence[float], rng: Random) -> int:
     """A priority index drawn by ``loads``; -1 when every load is 0."""
-    point = rng.random() * 100.0
+    return weighted_index(loads, rng.random() * 100.0)
+
+
+def weighted_index(weights: Sequence[float], point: float) -> int:
+    """The index whose span of the cumulated ``weights`` holds ``point``; -1 when all are 0."""
     last = -1
-    for index, load in enumerate(loads):
-        if load > 0:
+    for index, weight in enumerate(weights):
+        if weight > 0:
             last = index
-            if point < load:
+            if point < weight:
                 return index
-            point -= load
+            point -= weight
     return last  # rounding left a sliver past the end
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def warms_up(settings: LoadBalancer) -> bool:
+    """Whether ``warmup`` acts: Istio programs slow start for ROUND_ROBIN and LEAST_REQUEST."""
+    return (
+        settings.warmup is not None
+        and settings.warmup.duration > 0
+        and settings.consistent_hash is None
+        and settings.simple in (Simple.ROUND_ROBIN, Simple.LEAST_REQUEST)
+    )
 
 
 def make_balancer(
@@ -574,17 +723,26 @@ def make_balancer(
     endpoints: Sequence[Endpoint] = (),
     *,
     active: ActiveCounts | None = None,
+    slow_start: SlowStart | None = None,
 ) -> Balancer:
     """The balancer for a destination's ``loadBalancer`` settings.
 
     ``endpoints`` seeds the hash structures (others build lazily on the first pick). Balancers
-    of one cluster's priorities share ``active`` so that load is counted once.
+    of one cluster's priorities share ``active`` so that load is counted once, and its
+    ``slow_start`` (used when ``warms_up(settings)``).
     """
     consistent = settings.consistent_hash
     if consistent is not None:
         if consistent.maglev:
             return MaglevBalancer(endpoints, consistent.maglev_table_size, active)
         return RingHashBalancer(endpoints, consistent.minimum_ring_size, active)
+    if slow_start is not None and warms_up(settings):
+        shared: ActiveCounts = {} if active is None else active
+        if settings.simple is Simple.ROUND_ROBIN:
+            return SlowStartBalancer(RoundRobinBalancer(shared), slow_start, shared)
+        return SlowStartBalancer(
+            LeastRequestBalancer(shared), slow_start, shared, DEFAULT_ACTIVE_REQUEST_BIAS
+        )
     if settings.simple is Simple.ROUND_ROBIN:
         return RoundRobinBalancer(active)
     if settings.simple is Simple.RANDOM:

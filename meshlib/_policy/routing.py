@@ -22,6 +22,7 @@ __all__ = [
     "NO_ROUTE_REPLY",
     "DirectResponse",
     "HeaderOps",
+    "HeaderPlan",
     "HeaderRules",
     "Mirror",
     "Redirect",
@@ -33,6 +34,7 @@ __all__ = [
     "choose_destination",
     "default_route",
     "direct_reply",
+    "header_plan",
     "match_route",
     "parse_substitution",
     "redirect_reply",
@@ -119,8 +121,8 @@ class Route:
     source: str = ""
     """``VirtualService/<namespace>/<name>#http[<index>]`` for explain output."""
     _cumulative: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    _plans: dict[int, _HeaderPlan] = field(init=False, repr=False, compare=False)
-    _route_plan: _HeaderPlan = field(init=False, repr=False, compare=False)
+    _plans: dict[int, HeaderPlan] = field(init=False, repr=False, compare=False)
+    _route_plan: HeaderPlan = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         running = 0
@@ -159,7 +161,7 @@ _EMPTY_OPS = HeaderOps()
 
 
 @dataclass(frozen=True, slots=True)
-class _HeaderPlan:
+class HeaderPlan:
     """Route then destination header operations, merged once at compile time."""
 
     request: HeaderOps
@@ -179,7 +181,7 @@ def _merge(first: HeaderOps, second: HeaderOps) -> HeaderOps:
     )
 
 
-def _plan(route: HeaderRules | None, destination: HeaderRules | None) -> _HeaderPlan:
+def _plan(route: HeaderRules | None, destination: HeaderRules | None) -> HeaderPlan:
     request = _merge(
         route.request if route is not None else _EMPTY_OPS,
         destination.request if destination is not None else _EMPTY_OPS,
@@ -198,10 +200,11 @@ def _plan(route: HeaderRules | None, destination: HeaderRules | None) -> _Header
             add=tuple(op for op in request.add if op[0] not in _AUTHORITY_HEADERS),
             remove=request.remove,
         )
-    return _HeaderPlan(request, response, authority)
+    return HeaderPlan(request, response, authority)
 
 
-def _plan_for(route: Route, destination: RouteDestination | None) -> _HeaderPlan:
+def header_plan(route: Route, destination: RouteDestination | None) -> HeaderPlan:
+    """Request ops, response ops and authority rewrite of ``route`` towards ``destination``."""
     if destination is None:
         return route._route_plan
     plan = route._plans.get(id(destination))
@@ -306,7 +309,7 @@ def rewrite_request(
     ``destination`` lets header operations on ``:authority``/``host`` rewrite the authority;
     ``path`` is the normalized path when the caller normalized it.
     """
-    plan = _plan_for(route, destination)
+    plan = header_plan(route, destination)
     rewrite = route.rewrite
     if rewrite is None:
         return None, plan.authority
@@ -392,12 +395,12 @@ def apply_header_ops(route: Route, destination: RouteDestination | None) -> Head
     ``:authority``/``host`` operations are left out: ``rewrite_request`` returns them as
     the authority rewrite.
     """
-    return _plan_for(route, destination).request
+    return header_plan(route, destination).request
 
 
 def response_header_ops(route: Route, destination: RouteDestination | None) -> HeaderOps:
     """Response header operations for Deliver: route ops, then the destination's."""
-    return _plan_for(route, destination).response
+    return header_plan(route, destination).response
 
 
 @functools.lru_cache(maxsize=1024)

@@ -20,6 +20,7 @@ class ClientTls:
     private_key: str | None = None
     ca_certificates: str | None = None
     insecure_skip_verify: bool = False
+    ca_crl: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,6 +193,9 @@ def _cluster_key(cluster: str) -> tuple[str, str | None, int] | None:
 def _request_bytes(call: Call) -> int:
     # Istio counts wire bytes; without the driver's byte count the declared body length is
     # the honest approximation (0 for bodies of unknown length).
+    known = call.request_bytes
+    if known is not None:
+        return known
     value = call.headers.get(CONTENT_LENGTH)
     if value is not None and value.isdigit():
         return int(value)

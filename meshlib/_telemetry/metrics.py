@@ -399,10 +399,12 @@ class _LabelStore:
     def get(self, labels: RequestLabels) -> _Series:
         series = self._series.get(labels)
         if series is not None:
-            try:  # noqa: SIM105  (contextlib.suppress costs more than the move itself)
-                self._series.move_to_end(labels)
-            except KeyError:  # evicted by another thread meanwhile; still count this record
-                pass
+            # Recency matters only once eviction is near: below half the bound, skip the move.
+            if len(self._series) * 2 > self.max_series:
+                try:  # noqa: SIM105  (contextlib.suppress costs more than the move itself)
+                    self._series.move_to_end(labels)
+                except KeyError:  # evicted by another thread meanwhile; still count this record
+                    pass
             return series
         with self._lock:
             series = self._series.get(labels)

@@ -8,7 +8,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from meshlib._model.call import Call
+from meshlib._model.call import NO_LABELS, Call
 from meshlib._model.commands import Attempt, Reply
 from meshlib._model.outcome import FailureKind, Outcome
 
@@ -99,27 +99,37 @@ def build_call(request: httpx.Request) -> Call:
     explicit_port = url.port
     port = explicit_port or default_port
     headers = request.headers
-    authority = _host_header(headers.raw) or (host if explicit_port is None else f"{host}:{port}")
-    return Call(
-        protocol="http",
-        method=request.method,
-        scheme=scheme,
-        authority=authority,
-        host=host.lower(),
-        port=port,
-        path=url.raw_path.decode("ascii"),
-        headers=headers,
+    host_header, length = _host_and_length(headers.raw)
+    return Call(  # positional, in field order: this runs on every request
+        "http",
+        request.method,
+        scheme,
+        host_header or (host if explicit_port is None else f"{host}:{port}"),
+        host.lower(),
+        port,
+        url.raw_path.decode("ascii"),
+        headers,
         # Bytes bodies (httpx.ByteStream) can be sent again; iterators and files cannot.
-        body_replayable=isinstance(request.stream, httpx.ByteStream),
+        isinstance(request.stream, httpx.ByteStream),
+        None,
+        NO_LABELS,
+        None,
+        length,
     )
 
 
-def _host_header(raw: list[tuple[bytes, bytes]]) -> str | None:
-    # httpx puts Host first; scanning raw pairs beats Headers.get's case folding.
+def _host_and_length(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, int]:
+    # One pass over the raw pairs: cheaper than two Headers.get calls with their case folding.
+    host: str | None = None
+    length = 0
     for name, value in raw:
-        if name.lower() == b"host":
-            return value.decode("latin-1")
-    return None
+        lowered = name.lower()
+        if lowered == b"host":
+            if host is None:
+                host = value.decode("latin-1")
+        elif lowered == b"content-length" and value.isdigit():
+            length = int(value)
+    return host, length
 
 
 def upstream_headers(raw: list[tuple[bytes, bytes]], attempt: Attempt) -> list[tuple[bytes, bytes]]:
@@ -209,18 +219,23 @@ def with_response_ops(
 
 
 def attempt_timeouts(
-    caller: Mapping[str, float | None] | None, limit: float | None
+    caller: Mapping[str, float | None] | None,
+    limit: float | None,
+    connect_limit: float | None = None,
 ) -> Mapping[str, float | None]:
-    """httpcore's timeout extension: the caller's, each capped by the attempt's limit."""
-    if limit is None:
+    """httpcore's timeout extension: the caller's, each capped by the attempt's limit (and the
+    connect phase also by the cluster's ``connectTimeout``)."""
+    if limit is None and connect_limit is None:
         return caller if caller is not None else {}
-    limit = max(limit, 0.0)
-    if caller is None:
-        return dict.fromkeys(TIMEOUT_KEYS, limit)
     result: dict[str, float | None] = {}
     for key in TIMEOUT_KEYS:
-        value = caller.get(key)
-        result[key] = limit if value is None or value > limit else value
+        value = caller.get(key) if caller is not None else None
+        cap = limit
+        if key == "connect" and connect_limit is not None and (cap is None or connect_limit < cap):
+            cap = connect_limit
+        if cap is not None and (value is None or value > cap):
+            value = max(cap, 0.0)
+        result[key] = value
     return result
 
 

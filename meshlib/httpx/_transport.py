@@ -33,22 +33,24 @@ from meshlib.httpx._common import (
     failure_kind,
     local_response,
     raise_for,
-    response_info,
     upstream_headers,
     with_response_ops,
 )
 from meshlib.httpx._pools import (
     DEFAULT_KEEPALIVE_EXPIRY,
-    DEFAULT_MAX_SHARDS,
-    DEFAULT_SHARD_SIZE,
+    DEFAULT_MAX_IDLE,
     AsyncPools,
+    Lease,
     PoolKey,
     SyncPools,
+    connector,
 )
 from meshlib.httpx._tls import mesh_backend, origination_context
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
+_STALE_RETRIES = 3
+"""Idle connections found closed at send time before a new one is used (then a fresh one)."""
 _WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
 _HTTPS = b"https"
 _SYSTEM_TLS = "system"
@@ -69,15 +71,11 @@ class _Base:
         runtime: OutboundRuntime,
         *,
         ssl_context: ssl.SSLContext | None,
-        shard_size: int,
-        max_shards: int,
         keepalive_expiry: float,
     ) -> None:
         self.runtime = runtime
         self._ssl_context = ssl_context
         self._keepalive_expiry = keepalive_expiry
-        self._shard_size = shard_size
-        self._max_shards = max_shards
         self._closed = False
 
     def _system_context(self) -> ssl.SSLContext:
@@ -88,16 +86,18 @@ class _Base:
 
     def _pool_key(self, request: httpx.Request, attempt: Attempt) -> PoolKey:
         endpoint = attempt.endpoint
+        reuse = attempt.connection
         if attempt.tls:
             # The backend swaps in the current SVID per connection: rotation keeps the pool.
-            return (_HTTPS, endpoint.address, endpoint.port, attempt.expected_peers)
+            return (_HTTPS, endpoint.address, endpoint.port, attempt.expected_peers, reuse)
         origination = attempt.origination
         if origination is not None:
             # DestinationRule SIMPLE/MUTUAL: TLS whatever scheme the caller used (Istio's
             # egress pattern: the application speaks http, the proxy originates TLS).
-            return (_HTTPS, endpoint.address, endpoint.port, origination)
+            return (_HTTPS, endpoint.address, endpoint.port, origination, reuse)
         scheme = request.url.raw_scheme
-        return (scheme, endpoint.address, endpoint.port, _SYSTEM_TLS if scheme == _HTTPS else None)
+        tls = _SYSTEM_TLS if scheme == _HTTPS else None
+        return (scheme, endpoint.address, endpoint.port, tls, reuse)
 
     def _tls_for(self, key: PoolKey) -> tuple[ssl.SSLContext | None, frozenset[str] | None]:
         tls = key[3]
@@ -124,6 +124,8 @@ class _Base:
     ) -> httpcore.Request:
         endpoint = attempt.endpoint
         path = attempt.path
+        origination = attempt.origination
+        sni = origination.sni if origination is not None else None
         return core_request(
             request.method.encode("ascii"),
             scheme,
@@ -133,8 +135,10 @@ class _Base:
             upstream_headers(request.headers.raw, attempt),
             request.stream,
             {
-                "timeout": attempt_timeouts(timeouts, attempt.timeout),
-                "sni_hostname": _sni(call, attempt),
+                "timeout": attempt_timeouts(
+                    timeouts, attempt.timeout, attempt.connection.connect_timeout
+                ),
+                "sni_hostname": call.host if sni is None else sni,
             },
         )
 
@@ -144,20 +148,13 @@ def _with_info(
 ) -> MutableMapping[str, Any]:
     # httpcore built this dict for this response alone: extend it rather than copy it.
     extensions = response.extensions
-    extensions[EXTENSION] = response_info(
-        command.flags,
-        attempts=attempts,
-        endpoint=None if endpoint is None else str(endpoint),
-        local=False,
-    )
+    extensions[EXTENSION] = {
+        "flags": command.flags,
+        "attempts": attempts,
+        "endpoint": None if endpoint is None else str(endpoint),
+        "local_reply": False,
+    }
     return extensions
-
-
-def _sni(call: Call, attempt: Attempt) -> str:
-    origination = attempt.origination
-    if origination is not None and origination.sni is not None:
-        return origination.sni
-    return call.host
 
 
 # ------------------------------------------------------------------------------------ sync
@@ -166,17 +163,21 @@ def _sni(call: Call, attempt: Attempt) -> str:
 class _SyncBody(httpx.SyncByteStream):
     """The upstream body; fires the completion once at EOF, error or close."""
 
+    __slots__ = ("_complete", "_lease", "_outcome", "_pools", "_received", "_response")
+
     def __init__(
         self,
         response: httpcore.Response,
         complete: Any,
         outcome: Outcome,
-        release: Any,
+        lease: Lease[httpcore.HTTPConnection],
+        pools: SyncPools,
     ) -> None:
         self._response = response
         self._complete = complete
         self._outcome = outcome
-        self._release = release
+        self._lease: Lease[httpcore.HTTPConnection] | None = lease
+        self._pools = pools
         self._received = 0
 
     def __iter__(self) -> Iterator[bytes]:
@@ -184,6 +185,8 @@ class _SyncBody(httpx.SyncByteStream):
             for chunk in self._response.iter_stream():
                 self._received += len(chunk)
                 yield chunk
+            # Closing the exhausted stream makes the connection idle before it goes back.
+            self._response.close()
         except Exception as error:
             self._finish(Outcome(self._outcome.status, FailureKind.RESET, detail=str(error)))
             raise_for(error, _NO_REQUEST)
@@ -196,9 +199,9 @@ class _SyncBody(httpx.SyncByteStream):
             self._finish(self._outcome)
 
     def _finish(self, outcome: Outcome) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            self._pools.release(lease)
             self._complete(outcome.with_response_bytes(self._received))
 
 
@@ -217,19 +220,12 @@ class MeshTransport(httpx.BaseTransport):
         runtime: OutboundRuntime,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        shard_size: int = DEFAULT_SHARD_SIZE,
-        max_shards: int = DEFAULT_MAX_SHARDS,
         keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
+        max_idle_per_endpoint: int = DEFAULT_MAX_IDLE,
     ) -> None:
-        self._base = _Base(
-            runtime,
-            ssl_context=ssl_context,
-            shard_size=shard_size,
-            max_shards=max_shards,
-            keepalive_expiry=keepalive_expiry,
-        )
+        self._base = _Base(runtime, ssl_context=ssl_context, keepalive_expiry=keepalive_expiry)
         self.runtime = runtime
-        self._pools = SyncPools(shard_size, max_shards)
+        self._pools = SyncPools(max_idle_per_endpoint)
 
     def _factory(self, key: PoolKey) -> Any:
         context, peers = self._base._tls_for(key)
@@ -237,7 +233,9 @@ class MeshTransport(httpx.BaseTransport):
         if peers is not None:
             assert self.runtime.identity is not None
             backend = mesh_backend(self.runtime.identity, peers, is_async=False)
-        return self._pools.new_pool(context, backend, self._base._keepalive_expiry)
+        return connector(
+            httpcore.HTTPConnection, key, context, backend, self._base._keepalive_expiry
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self._base._closed:
@@ -252,7 +250,7 @@ class MeshTransport(httpx.BaseTransport):
             caller_timeout=caller_timeout,
             inherited_deadline=inherited() if inherited is not None else None,
         )
-        pending: tuple[httpcore.Response, Any] | None = None
+        pending: tuple[httpcore.Response, Lease[Any]] | None = None
         error: BaseException | None = None
         attempts = 0
         endpoint: Endpoint | None = None
@@ -260,7 +258,7 @@ class MeshTransport(httpx.BaseTransport):
             command = next(flow)
             while True:
                 if pending is not None and not isinstance(command, Deliver):
-                    _close_sync(pending)
+                    self._close(pending)
                     pending = None
                 if isinstance(command, Send):
                     attempt = command.attempt
@@ -270,7 +268,7 @@ class MeshTransport(httpx.BaseTransport):
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
                     assert pending is not None
-                    response, release = pending
+                    response, lease = pending
                     pending = None
                     return httpx.Response(
                         response.status,
@@ -280,7 +278,9 @@ class MeshTransport(httpx.BaseTransport):
                             command.response_headers_add,
                             command.response_headers_remove,
                         ),
-                        stream=_SyncBody(response, command.complete, command.outcome, release),
+                        stream=_SyncBody(
+                            response, command.complete, command.outcome, lease, self._pools
+                        ),
                         extensions=_with_info(response, command, attempts, endpoint),
                     )
                 elif isinstance(command, Reply):
@@ -298,7 +298,7 @@ class MeshTransport(httpx.BaseTransport):
                     raise AssertionError("unreachable")  # pragma: no cover
         finally:
             if pending is not None:
-                _close_sync(pending)
+                self._close(pending)
             flow.close()
 
     def _send(
@@ -307,33 +307,37 @@ class MeshTransport(httpx.BaseTransport):
         call: Call,
         attempt: Attempt,
         timeouts: Mapping[str, float | None] | None,
-    ) -> tuple[Outcome, tuple[httpcore.Response, Any] | None, BaseException | None]:
-        key = self._pool_key(request, attempt)
+    ) -> tuple[Outcome, tuple[httpcore.Response, Lease[Any]] | None, BaseException | None]:
+        key = self._base._pool_key(request, attempt)
         pools = self._pools
-        group, index = pools.acquire(key, self._factory)
-        pool = group.shards[index]
-
-        def release() -> None:
-            pools.release(group, index)
-
-        try:
-            core = self._base._core_request(request, call, attempt, key[0], timeouts)
-            response = pool.handle_request(core)
-        except Exception as error:
-            release()
-            kind = failure_kind(error)
-            if kind is None:
-                raise_for(error, request)
+        core = self._base._core_request(request, call, attempt, key[0], timeouts)
+        for _ in range(_STALE_RETRIES):
+            lease = pools.acquire(key, self._factory)
+            try:
+                response = lease.connection.handle_request(core)
+            except httpcore.ConnectionNotAvailable:
+                pools.release(lease)  # closed under our feet between the check and the send
+                continue
+            except Exception as error:
+                pools.release(lease)
+                kind = failure_kind(error)
+                if kind is None:
+                    raise_for(error, request)
+                    raise
+                return Outcome(failure=kind, detail=str(error)), None, error
+            except BaseException:
+                pools.release(lease)
                 raise
-            return Outcome(failure=kind, detail=str(error)), None, error
-        except BaseException:
-            release()
-            raise
-        outcome = Outcome(status=response.status, headers=RawHeaders(response.headers))
-        return outcome, (response, release), None
+            outcome = Outcome(status=response.status, headers=RawHeaders(response.headers))
+            return outcome, (response, lease), None
+        raise httpx.ConnectError("no usable connection", request=request)
 
-    def _pool_key(self, request: httpx.Request, attempt: Attempt) -> PoolKey:
-        return self._base._pool_key(request, attempt)
+    def _close(self, pending: tuple[httpcore.Response, Lease[httpcore.HTTPConnection]]) -> None:
+        response, lease = pending
+        try:
+            response.close()
+        finally:
+            self._pools.release(lease)
 
     def close(self) -> None:
         self._base._closed = True
@@ -343,14 +347,6 @@ class MeshTransport(httpx.BaseTransport):
     def connection_count(self) -> int:
         """Open upstream connections (tests and debugging)."""
         return self._pools.connection_count()
-
-
-def _close_sync(pending: tuple[httpcore.Response, Any]) -> None:
-    response, release = pending
-    try:
-        response.close()
-    finally:
-        release()
 
 
 def _wait_sync(command: WaitSlot) -> Outcome | None:
@@ -374,17 +370,21 @@ def _wait_sync(command: WaitSlot) -> Outcome | None:
 
 
 class _AsyncBody(httpx.AsyncByteStream):
+    __slots__ = ("_complete", "_lease", "_outcome", "_pools", "_received", "_response")
+
     def __init__(
         self,
         response: httpcore.Response,
         complete: Any,
         outcome: Outcome,
-        release: Any,
+        lease: Lease[httpcore.AsyncHTTPConnection],
+        pools: AsyncPools,
     ) -> None:
         self._response = response
         self._complete = complete
         self._outcome = outcome
-        self._release = release
+        self._lease: Lease[httpcore.AsyncHTTPConnection] | None = lease
+        self._pools = pools
         self._received = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -392,22 +392,27 @@ class _AsyncBody(httpx.AsyncByteStream):
             async for chunk in self._response.aiter_stream():
                 self._received += len(chunk)
                 yield chunk
+            # Closing the exhausted stream makes the connection idle before it goes back.
+            await self._response.aclose()
         except Exception as error:
-            self._finish(Outcome(self._outcome.status, FailureKind.RESET, detail=str(error)))
+            await self._finish(Outcome(self._outcome.status, FailureKind.RESET, detail=str(error)))
             raise_for(error, _NO_REQUEST)
-        self._finish(self._outcome)
+        await self._finish(self._outcome)
 
     async def aclose(self) -> None:
         try:
             await self._response.aclose()
         finally:
-            self._finish(self._outcome)
+            await self._finish(self._outcome)
 
-    def _finish(self, outcome: Outcome) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-            self._complete(outcome.with_response_bytes(self._received))
+    async def _finish(self, outcome: Outcome) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._pools.release(lease)
+            finally:
+                self._complete(outcome.with_response_bytes(self._received))
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
@@ -422,19 +427,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         runtime: OutboundRuntime,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        shard_size: int = DEFAULT_SHARD_SIZE,
-        max_shards: int = DEFAULT_MAX_SHARDS,
         keepalive_expiry: float = DEFAULT_KEEPALIVE_EXPIRY,
+        max_idle_per_endpoint: int = DEFAULT_MAX_IDLE,
     ) -> None:
-        self._base = _Base(
-            runtime,
-            ssl_context=ssl_context,
-            shard_size=shard_size,
-            max_shards=max_shards,
-            keepalive_expiry=keepalive_expiry,
-        )
+        self._base = _Base(runtime, ssl_context=ssl_context, keepalive_expiry=keepalive_expiry)
         self.runtime = runtime
-        self._pools = AsyncPools(shard_size, max_shards)
+        self._pools = AsyncPools(max_idle_per_endpoint)
 
     def _factory(self, key: PoolKey) -> Any:
         context, peers = self._base._tls_for(key)
@@ -442,7 +440,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if peers is not None:
             assert self.runtime.identity is not None
             backend = mesh_backend(self.runtime.identity, peers, is_async=True)
-        return self._pools.new_pool(context, backend, self._base._keepalive_expiry)
+        return connector(
+            httpcore.AsyncHTTPConnection, key, context, backend, self._base._keepalive_expiry
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._base._closed:
@@ -457,7 +457,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             caller_timeout=caller_timeout,
             inherited_deadline=inherited() if inherited is not None else None,
         )
-        pending: tuple[httpcore.Response, Any] | None = None
+        pending: tuple[httpcore.Response, Lease[Any]] | None = None
         error: BaseException | None = None
         attempts = 0
         endpoint: Endpoint | None = None
@@ -465,7 +465,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             command = next(flow)
             while True:
                 if pending is not None and not isinstance(command, Deliver):
-                    await _close_async(pending)
+                    await self._close(pending)
                     pending = None
                 if isinstance(command, Send):
                     attempt = command.attempt
@@ -475,7 +475,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
                     assert pending is not None
-                    response, release = pending
+                    response, lease = pending
                     pending = None
                     return httpx.Response(
                         response.status,
@@ -485,7 +485,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                             command.response_headers_add,
                             command.response_headers_remove,
                         ),
-                        stream=_AsyncBody(response, command.complete, command.outcome, release),
+                        stream=_AsyncBody(
+                            response, command.complete, command.outcome, lease, self._pools
+                        ),
                         extensions=_with_info(response, command, attempts, endpoint),
                     )
                 elif isinstance(command, Reply):
@@ -508,10 +510,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         finally:
             if pending is not None:
                 # Cancelled with a response in hand: its connection cannot be reused.
-                response, release = pending
-                release()
                 with anyio.CancelScope(shield=True):
-                    await response.aclose()
+                    await self._close(pending)
             flow.close()
 
     async def _send(
@@ -520,30 +520,40 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         call: Call,
         attempt: Attempt,
         timeouts: Mapping[str, float | None] | None,
-    ) -> tuple[Outcome, tuple[httpcore.Response, Any] | None, BaseException | None]:
+    ) -> tuple[Outcome, tuple[httpcore.Response, Lease[Any]] | None, BaseException | None]:
         key = self._base._pool_key(request, attempt)
         pools = self._pools
-        group, index = pools.acquire(key, self._factory)
-        pool = group.shards[index]
-
-        def release() -> None:
-            pools.release(group, index)
-
-        try:
-            core = self._base._core_request(request, call, attempt, key[0], timeouts)
-            response = await pool.handle_async_request(core)
-        except Exception as error:
-            release()
-            kind = failure_kind(error)
-            if kind is None:
-                raise_for(error, request)
+        core = self._base._core_request(request, call, attempt, key[0], timeouts)
+        for _ in range(_STALE_RETRIES):
+            lease = await pools.acquire(key, self._factory)
+            try:
+                response = await lease.connection.handle_async_request(core)
+            except httpcore.ConnectionNotAvailable:
+                await pools.release(lease)  # closed under our feet between check and send
+                continue
+            except Exception as error:
+                await pools.release(lease)
+                kind = failure_kind(error)
+                if kind is None:
+                    raise_for(error, request)
+                    raise
+                return Outcome(failure=kind, detail=str(error)), None, error
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await pools.release(lease)
                 raise
-            return Outcome(failure=kind, detail=str(error)), None, error
-        except BaseException:
-            release()
-            raise
-        outcome = Outcome(status=response.status, headers=RawHeaders(response.headers))
-        return outcome, (response, release), None
+            outcome = Outcome(status=response.status, headers=RawHeaders(response.headers))
+            return outcome, (response, lease), None
+        raise httpx.ConnectError("no usable connection", request=request)
+
+    async def _close(
+        self, pending: tuple[httpcore.Response, Lease[httpcore.AsyncHTTPConnection]]
+    ) -> None:
+        response, lease = pending
+        try:
+            await response.aclose()
+        finally:
+            await self._pools.release(lease)
 
     async def aclose(self) -> None:
         self._base._closed = True
@@ -552,14 +562,6 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     @property
     def connection_count(self) -> int:
         return self._pools.connection_count()
-
-
-async def _close_async(pending: tuple[httpcore.Response, Any]) -> None:
-    response, release = pending
-    try:
-        await response.aclose()
-    finally:
-        release()
 
 
 async def _wait_async(command: WaitSlot) -> Outcome | None:

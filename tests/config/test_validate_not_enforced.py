@@ -30,26 +30,22 @@ CASES = [
         "spec.trafficPolicy.tunnel",
     ]),
     ("DestinationRule", {"host": "a", "subsets": [{"name": "v1", "trafficPolicy": {"proxyProtocol": {"version": "V2"}, "portLevelSettings": [{"port": {"number": 1}, "tls": {"mode": "SIMPLE", "credentialName": "c"}}]}}]}, [
-        "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode", "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName", "spec.subsets[0].trafficPolicy.proxyProtocol",
+        "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.credentialName", "spec.subsets[0].trafficPolicy.proxyProtocol",
     ]),
-    ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "MUTUAL", "clientCertificate": "c", "privateKey": "k", "caCertificates": "ca", "caCrl": "crl", "sni": "s", "insecureSkipVerify": True, "subjectAltNames": ["x"]}}}, [
-        "spec.trafficPolicy.tls.mode", "spec.trafficPolicy.tls.clientCertificate", "spec.trafficPolicy.tls.privateKey", "spec.trafficPolicy.tls.caCertificates",
-        "spec.trafficPolicy.tls.sni", "spec.trafficPolicy.tls.insecureSkipVerify", "spec.trafficPolicy.tls.caCrl",
-    ]),
+    ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "MUTUAL", "clientCertificate": "c", "privateKey": "k", "caCertificates": "ca", "caCrl": "crl", "sni": "s", "insecureSkipVerify": True, "subjectAltNames": ["x"]}}}, []),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL", "subjectAltNames": ["x"]}}}, []),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}, []),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"outlierDetection": {}, "loadBalancer": {"localityLbSetting": {"enabled": True, "distribute": [{"from": "a/*", "to": {"b/*": 100}}], "failover": [{"from": "a", "to": "b"}]}, "consistentHash": {"httpCookie": {"name": "c", "ttl": "10s"}}}, "connectionPool": {"tcp": {"idleTimeout": "1h", "maxConnections": 5, "connectTimeout": "1s"}, "http": {"idleTimeout": "1h", "useClientProtocol": True, "maxConcurrentStreams": 5, "http1MaxPendingRequests": 1}}}}, [
-        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl", "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute", "spec.trafficPolicy.loadBalancer.localityLbSetting.failover",
-        "spec.trafficPolicy.connectionPool.tcp.idleTimeout", "spec.trafficPolicy.connectionPool.http.idleTimeout", "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
+        "spec.trafficPolicy.connectionPool.http.useClientProtocol",
         "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
     ]),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"outlierDetection": {}, "loadBalancer": {"warmup": {"duration": "1s"}, "localityLbSetting": {"failoverPriority": ["x"]}}, "connectionPool": {"tcp": {"tcpKeepalive": {}, "maxConnectionDuration": "1h"}, "http": {"h2UpgradePolicy": "UPGRADE"}}}}, [
-        "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority", "spec.trafficPolicy.loadBalancer.warmup",
         "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive", "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
         "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
     ]),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"portLevelSettings": [{"port": {"number": 1}, "loadBalancer": {"zoneAwareLbSetting": {}, "warmupDurationSecs": "1s"}}]}}, [
-        "spec.trafficPolicy.portLevelSettings[0].loadBalancer.zoneAwareLbSetting", "spec.trafficPolicy.portLevelSettings[0].loadBalancer.warmupDurationSecs",
+        "spec.trafficPolicy.portLevelSettings[0].loadBalancer.zoneAwareLbSetting",
     ]),
     ("ServiceEntry", {"hosts": ["a.com"], "resolution": "DNS_ROUND_ROBIN"}, ["spec.resolution"]),
     ("ServiceEntry", {"hosts": ["a.com"], "resolution": "DNS"}, []),
@@ -98,6 +94,22 @@ def test_enforced_fields_are_not_listed() -> None:
         "AuthorizationPolicy:spec.rules[].when[].key=remote.ip",
         "DestinationRule:spec.trafficPolicy.tls.subjectAltNames",
         "DestinationRule:spec.trafficPolicy.loadBalancer.localityLbSetting.enabled",
+        *(
+            f"DestinationRule:spec.subsets[].trafficPolicy.portLevelSettings[].{field}"
+            for field in (
+                "loadBalancer.localityLbSetting.distribute",
+                "loadBalancer.localityLbSetting.failover",
+                "loadBalancer.localityLbSetting.failoverPriority",
+                "tls.mode=SIMPLE",
+                "tls.mode=MUTUAL",
+                "tls.sni",
+                "tls.subjectAltNames",
+                "tls.clientCertificate",
+                "tls.privateKey",
+                "tls.caCertificates",
+                "tls.insecureSkipVerify",
+            )
+        ),
     ):
         assert entry not in NOT_ENFORCED
 

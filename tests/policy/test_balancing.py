@@ -23,7 +23,6 @@ from meshlib._policy.balancing import (
     choose_priority,
     hash64,
     hash_key_for,
-    locality_priorities,
     make_balancer,
     priority_loads,
 )
@@ -298,20 +297,7 @@ def test_hash_key_sources() -> None:
     assert hash_key_for(ConsistentHash(), call()) is None
 
 
-# -- locality -------------------------------------------------------------------------------
-
-
-def test_locality_priorities_group_by_closeness() -> None:
-    same = Endpoint("1.0.0.1", 1, locality="r1/z1/s1")
-    zone = Endpoint("1.0.0.2", 1, locality="r1/z1/s2")
-    region = Endpoint("1.0.0.3", 1, locality="r1/z2/s1")
-    other = Endpoint("1.0.0.4", 1, locality="r2/z1/s1")
-    unknown = Endpoint("1.0.0.5", 1)
-    levels = locality_priorities([other, unknown, region, zone, same], "r1/z1/s1")
-    assert levels == ((same,), (zone,), (region,), (other, unknown))
-    assert locality_priorities([same, other], "") == ((same, other),)
-    assert locality_priorities([], "") == ()
-    assert locality_priorities([other], "r1") == ((other,),)
+# -- locality priorities (the plan per client: test_locality.py) ------------------------------
 
 
 def test_priority_loads_spill_over_with_overprovisioning() -> None:

@@ -471,7 +471,7 @@ def test_label_store_survives_races() -> None:
             return super().get(key, default)
 
     labels = edge().labels(200)
-    store = _LabelStore(4)
+    store = _LabelStore(1)  # full: every hit moves its series to the recent end
     store._series = EvictedMeanwhile()
     first = store.get(labels)
     assert store.get(labels) is first  # the hit still counts although the move failed
