@@ -1001,6 +1001,11 @@ def _consistent_hash(
         http_cookie_ttl=ctx.seconds(res, f"{path}.httpCookie.ttl", cookie.ttl, None)
         if cookie is not None
         else None,
+        http_cookie_attributes=tuple(
+            (a.name or "", a.value or "") for a in (cookie.attributes or ()) if a.name
+        )
+        if cookie is not None
+        else (),
         use_source_ip=bool(hashing.use_source_ip),
         http_query_parameter_name=hashing.http_query_parameter_name,
         maglev=hashing.maglev is not None,

@@ -94,8 +94,6 @@ _TRAFFIC_POLICIES = (
 _POLICY_FIELDS_NOT_ENFORCED = (
     "tunnel",
     "proxyProtocol",
-    # The cookie is hashed when the client sends it; none is generated when ttl is set.
-    "loadBalancer.consistentHash.httpCookie.ttl",
     "loadBalancer.zoneAwareLbSetting",
     "connectionPool.http.h2UpgradePolicy",
     "connectionPool.http.useClientProtocol",

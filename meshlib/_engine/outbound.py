@@ -34,7 +34,7 @@ from meshlib._model.call import Call
 from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep
 from meshlib._model.endpoint import Endpoint
 from meshlib._model.outcome import Classification, FailureKind, Outcome
-from meshlib._policy.balancing import hash_key_for
+from meshlib._policy.balancing import generated_cookie, hash_key_for
 from meshlib._policy.classify import classify, effective_status
 from meshlib._policy.deadlines import attempt_timeout, overall_deadline, remaining_ms_header
 from meshlib._policy.faults import decide_abort, decide_delay
@@ -78,6 +78,7 @@ __all__ = [
 
 ATTEMPT_COUNT_HEADER = "x-envoy-attempt-count"
 EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
+SET_COOKIE_HEADER = "set-cookie"
 DEADLINE_SLACK = 0.001
 """A timeout that fires this close to the deadline counts as the deadline (timer jitter)."""
 _CONNECTION_CLOSE = ("connection", "close")
@@ -338,7 +339,16 @@ def outbound_flow(
             if carried:
                 set_headers = (*carried, *set_headers)
         consistent = target.policy.load_balancer.consistent_hash
-        hash_key = None if consistent is None else hash_key_for(consistent, call)
+        hash_key = None
+        if consistent is not None:
+            hash_key = hash_key_for(consistent, call)
+            if hash_key is None and (cookie := generated_cookie(consistent, rng)) is not None:
+                hash_key, set_cookie = cookie
+                response_ops = HeaderOps(
+                    response_ops.set,
+                    (*response_ops.add, (SET_COOKIE_HEADER, set_cookie)),
+                    response_ops.remove,
+                )
 
         # 4. The attempt loop.
         yield from _attempts(

@@ -35,6 +35,8 @@ class ConsistentHash:
     http_cookie_name: str | None = None
     http_cookie_path: str | None = None
     http_cookie_ttl: float | None = None
+    http_cookie_attributes: tuple[tuple[str, str], ...] = ()
+    """Extra ``Set-Cookie`` attributes of a generated cookie (``("SameSite", "Strict")``)."""
     use_source_ip: bool = False
     http_query_parameter_name: str | None = None
     maglev: bool = False
@@ -644,6 +646,33 @@ def hash_key_for(
     else:
         value = None
     return None if value is None else hash64(value.encode())
+
+
+def generated_cookie(consistent_hash: ConsistentHash, rng: Random) -> tuple[int, str] | None:
+    """Envoy's generated hash cookie, for a request that has none while ``ttl`` is set.
+
+    Returns the hash key to pick with and the ``Set-Cookie`` value for the response (Envoy's
+    format: quoted value, ``Max-Age`` unless the ttl is 0, ``Path`` when set, the configured
+    attributes, ``HttpOnly``).
+    Envoy derives the value from the downstream connection's addresses; an in-process client
+    has no downstream connection, so the value is random. Later requests that carry it hash
+    to the same endpoint.
+    """
+    name = consistent_hash.http_cookie_name
+    ttl = consistent_hash.http_cookie_ttl
+    if name is None or ttl is None:
+        return None
+    value = f"{rng.randrange(1 << 64):016x}"
+    parts = [f'{name}="{value}"']
+    if ttl >= 1:
+        parts.append(f"Max-Age={int(ttl)}")
+    if consistent_hash.http_cookie_path:
+        parts.append(f"Path={consistent_hash.http_cookie_path}")
+    parts.extend(
+        f"{key}={text}" if text else key for key, text in consistent_hash.http_cookie_attributes
+    )
+    parts.append("HttpOnly")
+    return hash64(value.encode()), "; ".join(parts)
 
 
 def _cookie(header: str | None, name: str) -> str | None:

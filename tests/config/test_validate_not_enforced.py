@@ -36,7 +36,6 @@ CASES = [
     ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL", "subjectAltNames": ["x"]}}}, []),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}, []),
     ("DestinationRule", {"host": "a", "trafficPolicy": {"outlierDetection": {}, "loadBalancer": {"localityLbSetting": {"enabled": True, "distribute": [{"from": "a/*", "to": {"b/*": 100}}], "failover": [{"from": "a", "to": "b"}]}, "consistentHash": {"httpCookie": {"name": "c", "ttl": "10s"}}}, "connectionPool": {"tcp": {"idleTimeout": "1h", "maxConnections": 5, "connectTimeout": "1s"}, "http": {"idleTimeout": "1h", "useClientProtocol": True, "maxConcurrentStreams": 5, "http1MaxPendingRequests": 1}}}}, [
-        "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
         "spec.trafficPolicy.connectionPool.http.useClientProtocol",
         "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
     ]),

@@ -413,3 +413,44 @@ def test_connections_are_reused(kind: str, upstreams: dict[str, Upstream]) -> No
                 return transport.connection_count
 
         assert asyncio.run(go()) == 1
+
+
+# --------------------------------------------------------------------------- hash cookies
+
+
+def test_generated_hash_cookie_keeps_a_client_on_one_endpoint(
+    kind: str, upstreams: dict[str, Upstream]
+) -> None:
+    # consistentHash.httpCookie with a ttl: the first response sets the cookie (Envoy's
+    # generated cookie), the client's cookie jar sends it back, every later request hashes to
+    # the endpoint of the first one.
+    runtime = make_runtime(
+        both(upstreams)
+        + rule(
+            "  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n"
+            "        httpCookie: {name: sticky, path: /, ttl: 3600s}"
+        )
+    )
+
+    def names(client_responses: list[httpx.Response]) -> list[str]:
+        return [r.headers["x-upstream"] for r in client_responses]
+
+    def sync_session() -> list[httpx.Response]:
+        with httpx.Client(transport=MeshTransport(runtime)) as client:
+            return [client.get(f"{URL}/") for _ in range(8)]
+
+    async def async_session() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=AsyncMeshTransport(runtime)) as client:
+            return [await client.get(f"{URL}/") for _ in range(8)]
+
+    first_upstreams = set()
+    # 16 clients: each sticks to its endpoint; all 16 on one endpoint has odds of 2**-15.
+    for _ in range(16):
+        session = sync_session() if kind == "sync" else asyncio.run(async_session())
+        set_cookie = session[0].headers["set-cookie"]
+        assert set_cookie.startswith('sticky="')
+        assert set_cookie.endswith("; Max-Age=3600; Path=/; HttpOnly")
+        assert all("set-cookie" not in r.headers for r in session[1:])  # sent back: no new one
+        assert len(set(names(session))) == 1
+        first_upstreams.add(names(session)[0])
+    assert first_upstreams == {"v1", "v2"}
