@@ -116,16 +116,20 @@ Flow = Generator[FlowCommand, Outcome | None, None]
 
 
 class _Request:
-    """Per-request bookkeeping shared by the flow and the completion handle."""
+    """Per-request bookkeeping of the flow; once delivered, also the completion handle the
+    driver calls when the response stream ends (exactly once)."""
 
     __slots__ = (
         "attempts",
         "call",
+        "called",
         "cluster",
         "delivered",
         "done",
         "endpoint",
         "flags",
+        "kept_endpoint",
+        "kept_retry",
         "retry_held",
         "runtime",
         "service",
@@ -149,6 +153,9 @@ class _Request:
         self.flags: tuple[str, ...] = ()
         self.done = False
         self.delivered = False
+        self.called = False
+        self.kept_endpoint: Endpoint | None = None
+        self.kept_retry = False
 
     def end_attempt(self) -> None:
         """Give back what one attempt holds: balancer load, request slot, retry slot."""
@@ -162,6 +169,29 @@ class _Request:
             self.endpoint = None
             self.slot_held = self.retry_held = False
             state.end(endpoint, slot=slot, retry=retry)
+
+    def handover(self) -> _Request:
+        """Deliver: the delivered attempt's permits move from the flow to this handle."""
+        self.kept_endpoint = self.endpoint
+        self.kept_retry = self.retry_held
+        self.endpoint = None
+        self.slot_held = self.retry_held = False
+        self.delivered = True
+        return self
+
+    def __call__(self, outcome: Outcome) -> None:
+        """The completion: the delivered response stream ended (or was closed)."""
+        if self.called:
+            return
+        self.called = True
+        state = self.state
+        endpoint = self.kept_endpoint
+        if state is not None and endpoint is not None:  # pass-through holds nothing
+            # A delivered attempt was admitted: it holds its request slot.
+            state.end(endpoint, slot=True, retry=self.kept_retry)
+        self.report(
+            outcome.status, self.flags, endpoint, outcome.grpc_status, outcome.response_bytes
+        )
 
     def report(
         self,
@@ -191,41 +221,6 @@ class _Request:
                     response_bytes,
                 )
             )
-
-
-class _Completion:
-    """The handle a driver calls when the delivered response stream ends: exactly once."""
-
-    __slots__ = ("_endpoint", "_request", "_retry", "_state", "called")
-
-    def __init__(self, request: _Request) -> None:
-        # The delivered attempt's permits move from the flow to this handle.
-        self._request = request
-        self._state = request.state
-        self._endpoint = request.endpoint
-        self._retry = request.retry_held
-        request.endpoint = None
-        request.slot_held = request.retry_held = False
-        request.delivered = True
-        self.called = False
-
-    def __call__(self, outcome: Outcome) -> None:
-        if self.called:
-            return
-        self.called = True
-        state = self._state
-        endpoint = self._endpoint
-        if state is not None and endpoint is not None:  # pass-through holds nothing
-            # A delivered attempt was admitted: it holds its request slot.
-            state.end(endpoint, slot=True, retry=self._retry)
-        request = self._request
-        request.report(
-            outcome.status,
-            request.flags,
-            self._endpoint,
-            outcome.grpc_status,
-            outcome.response_bytes,
-        )
 
 
 def _final(request: _Request, reply: Reply) -> Reply:
@@ -526,7 +521,7 @@ def _attempts(
             return
         yield Deliver(
             outcome,
-            _Completion(request),
+            request.handover(),
             request.flags,
             response_ops.set,
             response_ops.add,
@@ -558,4 +553,4 @@ def _passthrough(call: Call, request: _Request, caller_timeout: float | None) ->
         yield Fail(outcome)
         return
     request.endpoint = endpoint
-    yield Deliver(outcome, _Completion(request))
+    yield Deliver(outcome, request.handover())

@@ -17,10 +17,12 @@ class Endpoint:
     service_account: str | None = None
     """Expected peer SPIFFE ID or principal for mTLS, when the config names one."""
     network: str = ""
+    key: tuple[str, int] = field(init=False, repr=False, compare=False)
+    """``(address, port)``: what balancers, detectors and caches index by (read per request,
+    so stored rather than built by a property)."""
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.address, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.address, self.port))
 
     def __str__(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address

@@ -106,6 +106,19 @@ class OutlierDetector:
         self, endpoint: Endpoint, classification: Classification, status: int, now: float
     ) -> bool:
         """Count one attempt's result; True when this result ejected ``endpoint``."""
+        if (
+            classification is Classification.SUCCESS
+            and not self._ejected_count
+            and self.settings.http_error_codes is None
+        ):
+            host = self._hosts.get(endpoint.key)
+            if host is not None:
+                # The common case on the request path: a success only ends the streaks. With
+                # nobody ejected a sweep could only decay multipliers, which the next sweep
+                # replays just the same.
+                if host.errors or host.gateway or host.local:
+                    host.errors = host.gateway = host.local = 0
+                return False
         self.sweep(now)
         if classification is Classification.CANCELLED:
             return False  # the caller went away: says nothing about the host
