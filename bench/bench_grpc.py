@@ -1,14 +1,19 @@
 """What the mesh adds to a gRPC call, as differences and ratios against bare grpc in one run.
 
     python bench/bench_grpc.py [--calls N] [--rounds R] [--messages M] [--plaintext]
+    python bench/bench_grpc.py --driver [--calls N] [--rounds R]
 
 The server is a grpc server in a child process on 127.0.0.1 (client and server do not share a
 GIL) with mesh mTLS (client certificate required) from a throwaway ``LocalCA``. Unary: p50/p99
 per call, one in flight, a bare ``grpc.secure_channel`` with the same client certificate against
 a mesh channel running a VirtualService with retries and a timeout and a DestinationRule with
 load balancing, outlier detection and pool limits. Streaming: messages per second of one
-server stream of M messages, bare against mesh. Variants alternate in small batches; every
-loop is bounded.
+server stream of M messages, bare against mesh (on a route without a timeout, as streaming
+routes are written: a route timeout bounds a whole stream). Variants alternate in small
+batches; every loop is bounded.
+
+``--driver``: no server. The outbound flow alone against a MeshChannel whose endpoint channel
+answers at once: the difference is what the sync gRPC driver itself adds per unary call.
 """
 
 from __future__ import annotations
@@ -138,6 +143,9 @@ metadata: {{name: bench, namespace: {NAMESPACE}}}
 spec:
   hosts: [bench]
   http:
+  - match: [{{uri: {{exact: {STREAM}}}}}]
+    retries: {{attempts: 2, retryOn: "unavailable,connect-failure"}}
+    route: [{{destination: {{host: bench, subset: v1}}}}]
   - match: [{{uri: {{prefix: /bench.Bench/}}}}]
     timeout: 5s
     retries: {{attempts: 2, retryOn: "unavailable,connect-failure", perTryTimeout: 2s}}
@@ -174,9 +182,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--plaintext", action="store_true", help="no mTLS on either side")
+    parser.add_argument("--driver", action="store_true", help="the driver alone, no server")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.ca)
+        return
+    if args.driver:
+        driver_only(args.calls, args.rounds)
         return
     with tempfile.TemporaryDirectory() as folder:
         ca_dir = None if args.plaintext else str(Path(folder) / "ca")
@@ -232,6 +244,70 @@ def run(port: int, ca: LocalCA | None, n: int, rounds: int, messages: int) -> No
     mesh_channel.close()
     if identity is not None:
         identity.close()
+
+
+def _answer(request: bytes, **_: Any) -> bytes:
+    return request
+
+
+class _AnsweringChannel:
+    """An endpoint channel that answers at once: what remains is the mesh's own Python."""
+
+    def unary_unary(self, path: str, **_: Any) -> Any:
+        return _answer
+
+    def close(self) -> None:
+        return None
+
+
+def driver_only(n: int, rounds: int) -> None:
+    from meshlib._engine.outbound import outbound_flow
+    from meshlib._model.commands import Send
+    from meshlib._model.outcome import Outcome
+    from meshlib.grpc._common import build_call, parse_target
+
+    identity = RotatingIdentity(StaticSource(LocalCA.generate().issue(NAMESPACE, "client")))
+    source = ConfigSource.from_text(config(9090, True), namespace=NAMESPACE)
+    runtime = build_runtime(source, identity)
+    channel = MeshChannel(runtime, "bench:9090")
+    channel._pool._factory = lambda address, credentials, options: _AnsweringChannel()
+    mesh = channel.unary_unary(UNARY)
+    call = build_call(parse_target("bench:9090"), UNARY, None, replayable=True)
+    started, ok = Outcome(status=200), Outcome(status=200, grpc_status=0)
+
+    def flow(payload: bytes, timeout: float) -> None:
+        # The least a driver can do: answer every Send, complete the Deliver, close.
+        steps = outbound_flow(call, runtime, caller_timeout=timeout)
+        command = next(steps)
+        while type(command) is Send:
+            command = steps.send(started)
+        command.complete(ok)  # type: ignore[union-attr]
+        steps.close()
+
+    def batch_mean(fn: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(BATCH):
+            fn(PAYLOAD, timeout=10)
+        return (time.perf_counter() - start) / BATCH
+
+    unary_round(flow, WARMUP)
+    unary_round(mesh, WARMUP)
+    flows: list[float] = []
+    meshes: list[float] = []
+    for _ in range(rounds * max(1, n // BATCH)):
+        flows.append(batch_mean(flow))
+        meshes.append(batch_mean(mesh))
+    us = 1e6
+    f_min, m_min = min(flows) * us, min(meshes) * us
+    f_med, m_med = statistics.median(flows) * us, statistics.median(meshes) * us
+    print(f"driver alone: batches of {BATCH} unary calls, {len(flows)} batches per variant")
+    print(f"  outbound flow only     min {f_min:6.1f} us   median {f_med:6.1f} us")
+    print(f"  MeshChannel            min {m_min:6.1f} us   median {m_med:6.1f} us")
+    print(
+        f"  driver adds            min {m_min - f_min:+6.1f} us   median {m_med - f_med:+6.1f} us"
+    )
+    channel.close()
+    identity.close()
 
 
 if __name__ == "__main__":

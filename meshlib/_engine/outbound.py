@@ -44,9 +44,11 @@ from meshlib._policy.replies import (
     FLAG_FAULT_DELAY,
     FLAG_OVERFLOW,
     FLAG_RETRY_LIMIT,
+    FLAG_UPSTREAM_TIMEOUT,
     NO_CLUSTER_REPLY,
     NO_HEALTHY_UPSTREAM_REPLY,
     OVERFLOW_REPLY,
+    UPSTREAM_TIMEOUT_BODY,
     UPSTREAM_TIMEOUT_REPLY,
     for_grpc,
     reply_for_failure,
@@ -189,9 +191,11 @@ class _Request:
         if state is not None and endpoint is not None:  # pass-through holds nothing
             # A delivered attempt was admitted: it holds its request slot.
             state.end(endpoint, slot=True, retry=self.kept_retry)
-        self.report(
-            outcome.status, self.flags, endpoint, outcome.grpc_status, outcome.response_bytes
-        )
+        flags = self.flags
+        if outcome.failure is FailureKind.TIMEOUT and outcome.detail == UPSTREAM_TIMEOUT_BODY:
+            # The mesh cut a delivered stream at its deadline: Envoy's UT, as for a 504.
+            flags = (*flags, FLAG_UPSTREAM_TIMEOUT)
+        self.report(outcome.status, flags, endpoint, outcome.grpc_status, outcome.response_bytes)
 
     def report(
         self,

@@ -2,48 +2,51 @@
 
 grpc client interceptors cannot choose the channel per call, so the mesh channel hands out its
 own multicallables; each attempt goes out on a pooled channel to the endpoint the flow picked.
+Everything without I/O lives in ``_common``; this file blocks, and uses threads.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import grpc
 
-from meshlib._engine.outbound import Fail, WaitSlot, outbound_flow
+from meshlib._engine.outbound import WaitSlot
 from meshlib._engine.runtime import OutboundRuntime
 from meshlib._identity.rotation import RotatingIdentity
-from meshlib._model.call import Call
-from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep
-from meshlib._model.outcome import FailureKind, Outcome
+from meshlib._model.commands import Attempt, Deliver, Send, Sleep
+from meshlib._model.outcome import Outcome
 from meshlib.grpc._common import (
-    ChannelPool,
+    STARTED,
+    TIMED_OUT,
+    WAIT_TIMED_OUT,
+    ChannelCore,
+    Drive,
+    MeshRpcError,
     Metadata,
+    MultiCallable,
     PooledChannel,
-    StreamDeadline,
-    build_call,
-    error_for_fail,
-    error_for_reply,
+    Schedule,
+    StreamEnd,
+    StreamGuard,
+    complete_unary,
     outcome_of_error,
-    parse_target,
-    upstream_metadata,
+    route_timeout_error,
 )
 
 __all__ = ["DEFAULT_FUTURE_WORKERS", "MeshChannel"]
 
 DEFAULT_FUTURE_WORKERS = 32
 """Threads running ``.future()`` calls (each waits on its own RPC)."""
-_OK = Outcome(status=200, grpc_status=0)
-_STARTED = Outcome(status=200)
-_WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
 
-# What a Send leaves for the next command: the attempt's result and its pooled channel.
-# kind "unary": (response, call) or error; kind "stream": the rendezvous.
-Pending = tuple[Any, BaseException | None, PooledChannel]
-AttemptFn = Callable[[Attempt, PooledChannel], tuple[Outcome, Any, BaseException | None]]
+Result = tuple[Outcome, Any, BaseException | None]
+"""What an attempt gives the flow: its outcome, what to deliver, the error to raise."""
 
 
 def _sync_channel(address: str, credentials: Any, options: list[tuple[str, Any]]) -> Any:
@@ -70,10 +73,83 @@ def _wait_slot(command: WaitSlot) -> Outcome | None:
         raise
     if woken or not cluster.cancel_wait(waiter):
         return None
-    return _WAIT_TIMED_OUT
+    return WAIT_TIMED_OUT
 
 
-class MeshChannel(grpc.Channel):  # type: ignore[misc]
+class _Timer:
+    __slots__ = ("callback", "cancelled", "owner")
+
+    def __init__(self, owner: _Timers, callback: Callable[[], None]) -> None:
+        self.owner = owner
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.owner.cancel(self)
+
+
+class _Timers:
+    """One thread for every stream's route timeout; it runs only while a timer is pending."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._order = itertools.count()
+        self._running = False
+        self.cancelled = 0
+
+    def schedule(self, when: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(self, callback)
+        with self._condition:
+            heap = self._heap
+            if self.cancelled > _SWEEP and self.cancelled * 2 > len(heap):
+                # Streams that ended long before their route timeout leave timers behind.
+                heap[:] = [item for item in heap if not item[2].cancelled]
+                heapq.heapify(heap)
+                self.cancelled = 0
+            heapq.heappush(heap, (when, next(self._order), timer))
+            if self._running:
+                self._condition.notify()
+            else:
+                self._running = True
+                threading.Thread(target=self._run, name="meshlib-grpc-timers", daemon=True).start()
+        return timer
+
+    def cancel(self, timer: _Timer) -> None:
+        with self._condition:
+            if not timer.cancelled:
+                timer.cancelled = True
+                self.cancelled += 1
+                self._condition.notify()  # the thread may be waiting for this one: let it go
+
+    def _run(self) -> None:
+        condition = self._condition
+        heap = self._heap
+        with condition:
+            while heap:
+                when, _, timer = heap[0]
+                if timer.cancelled:
+                    heapq.heappop(heap)
+                    self.cancelled -= 1
+                    continue
+                delay = when - time.monotonic()
+                if delay > 0:
+                    condition.wait(delay)
+                    continue
+                heapq.heappop(heap)
+                condition.release()
+                try:
+                    timer.callback()  # cancels an RPC: never raises, never blocks
+                finally:
+                    condition.acquire()
+            self._running = False
+
+
+_SWEEP = 256
+_TIMERS = _Timers()
+
+
+class MeshChannel(ChannelCore, grpc.Channel):  # type: ignore[misc]
     """A ``grpc.Channel`` routed through the mesh: ``stub = pb2_grpc.RatingsStub(channel)``.
 
     ``target`` is the logical service (``ratings:9090``); VirtualService routing, load balancing
@@ -90,52 +166,13 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         options: Any = None,
         future_workers: int = DEFAULT_FUTURE_WORKERS,
     ) -> None:
-        self.runtime = runtime
-        self.target = parse_target(target)
-        if identity is None and isinstance(runtime.identity, RotatingIdentity):
-            identity = runtime.identity
-        self._pool = ChannelPool(_sync_channel, _close_channel, identity, options)
+        self._setup(runtime, target, identity, _sync_channel, _close_channel, options)
         self._future_workers = future_workers
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
-    # --- grpc.Channel ----------------------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> grpc.UnaryUnaryMultiCallable:
-        return _UnaryUnary(self, method, request_serializer, response_deserializer)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> grpc.UnaryStreamMultiCallable:
-        return _UnaryStream(self, method, request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> grpc.StreamUnaryMultiCallable:
-        return _StreamUnary(self, method, request_serializer, response_deserializer)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> grpc.StreamStreamMultiCallable:
-        return _StreamStream(self, method, request_serializer, response_deserializer)
+    def _multicallable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
+        return _KINDS[kind](self, kind, method, serializer, deserializer)
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         # Connectivity belongs to the per-endpoint channels; the mesh channel is always ready.
@@ -158,11 +195,6 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def open_channels(self) -> int:
-        """Per-endpoint grpc channels currently pooled (tests and debugging)."""
-        return self._pool.open_channels
-
     def _submit(self, fn: Callable[[], Any]) -> Future[Any]:
         with self._executor_lock:
             if self._executor is None:
@@ -171,75 +203,165 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
                 )
             return self._executor.submit(fn)
 
-    # --- the driver loop --------------------------------------------------------------------
 
-    def _drive(
-        self,
-        call: Call,
-        timeout: float | None,
-        attempt_fn: AttemptFn,
-        deliver: Callable[[Any, BaseException | None, PooledChannel, Deliver], Any],
-    ) -> Any:
-        runtime = self.runtime
-        inherited = runtime.inherited_deadline
-        flow = outbound_flow(
-            call,
-            runtime,
-            caller_timeout=timeout,
-            inherited_deadline=inherited() if inherited is not None else None,
-        )
-        pending: Pending | None = None
-        error: BaseException | None = None
-        attempts = 0
-        pool = self._pool
-        try:
-            command = next(flow)
-            while True:
-                if pending is not None and not isinstance(command, Deliver):
-                    _discard(pool, pending)
-                    pending = None
-                if isinstance(command, Send):
-                    attempts += 1
-                    entry = pool.acquire(command.attempt, self._authority(command.attempt))
-                    try:
-                        outcome, value, error = attempt_fn(command.attempt, entry)
-                    except BaseException:
-                        pool.release(entry)
-                        raise
-                    pending = (value, error, entry)
-                    command = flow.send(outcome)
-                elif isinstance(command, Deliver):
-                    assert pending is not None
-                    value, failed, entry = pending
-                    pending = None
-                    return deliver(value, failed, entry, command)
-                elif isinstance(command, Reply):
-                    raise error_for_reply(command, attempts)
-                elif isinstance(command, Sleep):
-                    runtime.sleep(command.seconds)
-                    command = flow.send(None)
-                elif isinstance(command, WaitSlot):
-                    command = flow.send(_wait_slot(command))
-                else:
-                    assert isinstance(command, Fail)
-                    raise error_for_fail(command, error, attempts)
-        finally:
-            if pending is not None:
-                _discard(pool, pending)
-            flow.close()
-
-    def _authority(self, attempt: Attempt) -> str:
-        return attempt.authority or self.target.authority
+# ------------------------------------------------------------------------- the driver loop
 
 
-def _discard(pool: ChannelPool, pending: Pending) -> None:
-    value, _, entry = pending
+class _Run(Drive):
+    """One sync RPC; ``holder`` reaches the RPC in flight of a ``.future()`` call."""
+
+    __slots__ = ("holder",)
+    holder: _Holder | None
+
+
+SendFn = Callable[[_Run, Attempt, PooledChannel], Result]
+DeliverFn = Callable[[_Run, Deliver], Any]
+
+
+def _drive(run: _Run, send: SendFn, deliver: DeliverFn) -> Any:
+    flow = run.flow
     try:
-        cancel = getattr(value, "cancel", None)
-        if cancel is not None:
-            cancel()  # a stream not delivered: stop it before its channel may close
+        command = next(flow)
+        while True:
+            if type(command) is Send:
+                attempt = command.attempt
+                command = run.sent(*send(run, attempt, run.acquire(attempt)))
+            elif type(command) is Sleep:
+                run.multi._channel.runtime.sleep(command.seconds)
+                command = flow.send(None)
+            elif type(command) is WaitSlot:
+                run.routed()
+                command = flow.send(_wait_slot(command))
+            else:
+                return deliver(run, run.finish(command))
     finally:
-        pool.release(entry)
+        run.close()
+
+
+def _deliver_unary(run: _Run, command: Deliver) -> Any:
+    entry = run.entry
+    assert entry is not None
+    run.entry = None
+    run.multi._channel._pool.release(entry)
+    complete_unary(command)
+    if run.error is not None:
+        raise run.error
+    return run.value
+
+
+def _deliver_stream(run: _Run, command: Deliver) -> Any:
+    rendezvous = run.value
+    entry, guard = run.delivered()
+    end = StreamEnd(run.multi._channel._pool, entry, command, guard)
+    if not rendezvous.add_callback(lambda: end(rendezvous.code())):
+        end(rendezvous.code())  # already over (a trailers-only answer the flow did not retry)
+    if guard is None:
+        return rendezvous
+    return _GuardedStream(rendezvous, guard, run.attempts)
+
+
+def _requests(requests: Iterator[Any], guard: StreamGuard) -> Iterator[Any]:
+    yield from requests
+    guard.request_ended()
+
+
+def _hold(run: _Run, future: Any) -> None:
+    holder = run.holder
+    assert holder is not None
+    with holder.lock:
+        holder.current = future
+        if holder.cancelled:
+            future.cancel()
+
+
+# ------------------------------------------------------------------------- one attempt
+
+
+def _unary(run: _Run, attempt: Attempt, method: Any, *, future: bool = False) -> Result:
+    try:
+        result = run.start(method, attempt, run.request, attempt.timeout)
+        if future:
+            _hold(run, result)
+            result = (result.result(), result)
+    except grpc.RpcError as error:
+        return outcome_of_error(error), None, error
+    return STARTED, result, None
+
+
+def _send_unary(run: _Run, attempt: Attempt, entry: PooledChannel) -> Result:
+    # Without the Call object grpc skips building a rendezvous: the common path is cheaper
+    # (and it is _unary inlined: this runs on every plain unary call).
+    try:
+        response = run.start(run.multi.inner(entry, attempt), attempt, run.request, attempt.timeout)
+    except grpc.RpcError as error:
+        return outcome_of_error(error), None, error
+    return STARTED, response, None
+
+
+def _send_with_call(run: _Run, attempt: Attempt, entry: PooledChannel) -> Result:
+    return _unary(run, attempt, run.multi.inner(entry, attempt).with_call)
+
+
+def _send_future(run: _Run, attempt: Attempt, entry: PooledChannel) -> Result:
+    return _unary(run, attempt, run.multi.inner(entry, attempt).future, future=True)
+
+
+def _send_client_stream(run: _Run, attempt: Attempt, entry: PooledChannel) -> Result:
+    guard = run.guard
+    requests = run.request if guard is None else _requests(run.request, guard)
+    try:
+        future = run.start(
+            run.multi.inner(entry, attempt).future, attempt, requests, run.caller_remaining()
+        )
+        if guard is not None:
+            guard.attempt(future.cancel)
+        if run.holder is not None:
+            _hold(run, future)
+        result = (future.result(), future)
+    except (grpc.RpcError, grpc.FutureCancelledError) as error:
+        if guard is not None and guard.cut:
+            return TIMED_OUT, None, error
+        if isinstance(error, grpc.FutureCancelledError):
+            raise  # the caller cancelled its .future()
+        return outcome_of_error(error), None, error
+    return STARTED, result, None
+
+
+def _send_client_stream_response(run: _Run, attempt: Attempt, entry: PooledChannel) -> Result:
+    outcome, result, error = _send_client_stream(run, attempt, entry)
+    return outcome, None if result is None else result[0], error
+
+
+def _send_server_stream(run: _Run, attempt: Attempt, entry: PooledChannel) -> Result:
+    inner = run.multi.inner(entry, attempt)
+    rendezvous = run.start(inner, attempt, run.request, run.caller_remaining())
+    guard = run.guard
+    if guard is not None:
+        guard.attempt(rendezvous.cancel, attempt.timeout)
+    # Response headers commit the call: until then a failure may be retried.
+    rendezvous.initial_metadata()
+    if guard is not None:
+        guard.response_started()
+    if rendezvous.done() and rendezvous.code() is not grpc.StatusCode.OK:
+        if guard is not None and guard.cut:
+            return TIMED_OUT, rendezvous, rendezvous
+        return outcome_of_error(rendezvous), rendezvous, rendezvous
+    return STARTED, rendezvous, None
+
+
+def _send_bidi(run: _Run, attempt: Attempt, entry: PooledChannel) -> Result:
+    # A chat's server may answer only after reading requests: deliver without waiting for
+    # response headers (so only what fails before the call starts can be retried).
+    guard = run.guard
+    requests = run.request if guard is None else _requests(run.request, guard)
+    inner = run.multi.inner(entry, attempt)
+    rendezvous = run.start(inner, attempt, requests, run.caller_remaining())
+    if guard is not None:
+        guard.attempt(rendezvous.cancel)
+    return STARTED, rendezvous, None
+
+
+# ---------------------------------------------------------------------- multicallables
 
 
 class _Holder:
@@ -253,51 +375,23 @@ class _Holder:
         self.lock = threading.Lock()
 
 
-class _Multi:
-    __slots__ = ("_channel", "_deserializer", "_kind", "_method", "_serializer")
+class _Spec(NamedTuple):
+    """What differs between the sync cardinalities."""
 
-    _KIND = ""
-
-    def __init__(
-        self, channel: MeshChannel, method: str, serializer: Any, deserializer: Any
-    ) -> None:
-        self._channel = channel
-        self._method = method
-        self._serializer = serializer
-        self._deserializer = deserializer
-
-    def _inner(self, entry: PooledChannel, attempt: Attempt) -> Any:
-        path = attempt.path or self._method
-        kind = self._KIND
-        serializer, deserializer = self._serializer, self._deserializer
-
-        def make(channel: Any) -> Any:
-            factory = getattr(channel, kind)
-            return factory(path, request_serializer=serializer, response_deserializer=deserializer)
-
-        return entry.callable(self, path, make)
-
-    def _call(self, metadata: Metadata | None, replayable: bool) -> Call:
-        return build_call(self._channel.target, self._method, metadata, replayable=replayable)
+    send: SendFn
+    """The attempt of ``__call__``: its value is the response, or the response stream."""
+    deliver: DeliverFn
+    schedule: Schedule | None = None
+    """The timers of a stream's guard (a unary call has none)."""
+    send_with_call: SendFn | None = None
+    """Unary responses: an attempt whose value is ``(response, call)``."""
+    send_future: SendFn | None = None
 
 
-def _unary_deliver(
-    pool: ChannelPool,
-) -> Callable[[Any, BaseException | None, PooledChannel, Deliver], Any]:
-    def deliver(value: Any, error: BaseException | None, entry: PooledChannel, cmd: Deliver) -> Any:
-        pool.release(entry)
-        if error is not None:
-            cmd.complete(cmd.outcome)
-            raise error
-        cmd.complete(_OK)
-        return value
-
-    return deliver
-
-
-class _UnaryUnary(_Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
+class _SyncMulti(MultiCallable):
     __slots__ = ()
-    _KIND = "unary_unary"
+
+    spec: ClassVar[_Spec]
 
     def __call__(
         self,
@@ -308,11 +402,30 @@ class _UnaryUnary(_Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
-        # Without the Call object grpc skips building a rendezvous: the common path is cheaper.
-        response, _ = self._run(
-            request, timeout, metadata, wait_for_ready, compression, None, False
-        )
-        return response
+        spec = self.spec
+        run = _Run(self, request, timeout, metadata, wait_for_ready, compression, spec.schedule)
+        run.holder = None
+        return _drive(run, spec.send, spec.deliver)
+
+    def _run(
+        self,
+        request: Any,
+        timeout: float | None,
+        metadata: Metadata | None,
+        wait_for_ready: bool | None,
+        compression: Any,
+        holder: _Holder | None = None,
+    ) -> _Run:
+        spec = self.spec
+        run = _Run(self, request, timeout, metadata, wait_for_ready, compression, spec.schedule)
+        run.holder = holder
+        return run
+
+
+class _UnaryResponse(_SyncMulti):
+    """unary-unary and stream-unary add ``with_call`` and ``future``."""
+
+    __slots__ = ()
 
     def with_call(
         self,
@@ -323,7 +436,10 @@ class _UnaryUnary(_Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> tuple[Any, grpc.Call]:
-        return self._run(request, timeout, metadata, wait_for_ready, compression, None, True)
+        send = self.spec.send_with_call
+        assert send is not None
+        run = self._run(request, timeout, metadata, wait_for_ready, compression)
+        return _drive(run, send, _deliver_unary)  # type: ignore[no-any-return]
 
     def future(
         self,
@@ -334,280 +450,152 @@ class _UnaryUnary(_Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
+        """The flow runs on a worker thread; ``cancel`` reaches the RPC in flight."""
+        send = self.spec.send_future
+        assert send is not None
         holder = _Holder()
-        inner = self._channel._submit(
-            lambda: self._run(request, timeout, metadata, wait_for_ready, compression, holder, True)
-        )
-        return _FutureCall(inner, holder)
-
-    def _run(
-        self,
-        request: Any,
-        timeout: float | None,
-        metadata: Metadata | None,
-        wait_for_ready: bool | None,
-        compression: Any,
-        holder: _Holder | None,
-        want_call: bool,
-    ) -> tuple[Any, grpc.Call]:
-        call = self._call(metadata, True)
-
-        def attempt_fn(
-            attempt: Attempt, entry: PooledChannel
-        ) -> tuple[Outcome, Any, BaseException | None]:
-            inner = self._inner(entry, attempt)
-            md = upstream_metadata(metadata, attempt)
-            try:
-                if not want_call:
-                    result = (
-                        inner(
-                            request,
-                            timeout=attempt.timeout,
-                            metadata=md,
-                            wait_for_ready=wait_for_ready,
-                            compression=compression,
-                        ),
-                        None,
-                    )
-                elif holder is None:
-                    result = inner.with_call(
-                        request,
-                        timeout=attempt.timeout,
-                        metadata=md,
-                        wait_for_ready=wait_for_ready,
-                        compression=compression,
-                    )
-                else:
-                    future = inner.future(
-                        request,
-                        timeout=attempt.timeout,
-                        metadata=md,
-                        wait_for_ready=wait_for_ready,
-                        compression=compression,
-                    )
-                    with holder.lock:
-                        holder.current = future
-                        if holder.cancelled:
-                            future.cancel()
-                    result = (future.result(), future)
-            except grpc.RpcError as error:
-                return outcome_of_error(error), None, error
-            return _STARTED, result, None
-
-        result: tuple[Any, grpc.Call] = self._channel._drive(
-            call, timeout, attempt_fn, _unary_deliver(self._channel._pool)
-        )
-        return result
+        run = self._run(request, timeout, metadata, wait_for_ready, compression, holder)
+        channel: MeshChannel = self._channel  # type: ignore[assignment]
+        return _FutureCall(channel._submit(lambda: _drive(run, send, _deliver_unary)), holder)
 
 
-class _StreamUnary(_Multi, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+class _UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
     __slots__ = ()
-    _KIND = "stream_unary"
-
-    def __call__(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        response, _ = self.with_call(
-            request_iterator, timeout, metadata, credentials, wait_for_ready, compression
-        )
-        return response
-
-    def with_call(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> tuple[Any, grpc.Call]:
-        return self._run(request_iterator, timeout, metadata, wait_for_ready, compression, None)
-
-    def future(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        holder = _Holder()
-        inner = self._channel._submit(
-            lambda: self._run(
-                request_iterator, timeout, metadata, wait_for_ready, compression, holder
-            )
-        )
-        return _FutureCall(inner, holder)
-
-    def _run(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None,
-        metadata: Metadata | None,
-        wait_for_ready: bool | None,
-        compression: Any,
-        holder: _Holder | None,
-    ) -> tuple[Any, grpc.Call]:
-        # A request stream is consumed by its first attempt: never replayed.
-        call = self._call(metadata, False)
-        stream_deadline = StreamDeadline(timeout)
-
-        def attempt_fn(
-            attempt: Attempt, entry: PooledChannel
-        ) -> tuple[Outcome, Any, BaseException | None]:
-            inner = self._inner(entry, attempt)
-            md = upstream_metadata(metadata, attempt)
-            try:
-                future = inner.future(
-                    request_iterator,
-                    timeout=stream_deadline.remaining(),
-                    metadata=md,
-                    wait_for_ready=wait_for_ready,
-                    compression=compression,
-                )
-                if holder is not None:
-                    with holder.lock:
-                        holder.current = future
-                        if holder.cancelled:
-                            future.cancel()
-                result = (future.result(), future)
-            except grpc.RpcError as error:
-                return outcome_of_error(error), None, error
-            return _STARTED, result, None
-
-        result: tuple[Any, grpc.Call] = self._channel._drive(
-            call, timeout, attempt_fn, _unary_deliver(self._channel._pool)
-        )
-        return result
+    spec = _Spec(
+        _send_unary,
+        _deliver_unary,
+        send_with_call=_send_with_call,
+        send_future=_send_future,
+    )
 
 
-def _stream_deliver(
-    pool: ChannelPool,
-) -> Callable[[Any, BaseException | None, PooledChannel, Deliver], Any]:
-    def deliver(value: Any, error: BaseException | None, entry: PooledChannel, cmd: Deliver) -> Any:
-        rendezvous = value
-        done = threading.Lock()
-        finished = [False]
-
-        def finish() -> None:
-            with done:
-                if finished[0]:
-                    return
-                finished[0] = True
-            try:
-                pool.release(entry)
-            finally:
-                code = rendezvous.code()
-                cmd.complete(Outcome(status=200, grpc_status=code.value[0]))
-
-        if not rendezvous.add_callback(finish):
-            finish()  # already over (a trailers-only answer the flow did not retry)
-        return rendezvous
-
-    return deliver
-
-
-def _stream_attempt(
-    multi: _Multi,
-    request: Any,
-    metadata: Metadata | None,
-    wait_for_ready: bool | None,
-    compression: Any,
-    *,
-    wait_headers: bool,
-    timeout: float | None,
-) -> AttemptFn:
-    stream_deadline = StreamDeadline(timeout)
-
-    def attempt_fn(
-        attempt: Attempt, entry: PooledChannel
-    ) -> tuple[Outcome, Any, BaseException | None]:
-        inner = multi._inner(entry, attempt)
-        rendezvous = inner(
-            request,
-            timeout=stream_deadline.remaining(),
-            metadata=upstream_metadata(metadata, attempt),
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-        if not wait_headers:
-            return _STARTED, rendezvous, None
-        # Response headers commit the call: until then a failure may be retried.
-        rendezvous.initial_metadata()
-        if rendezvous.done() and rendezvous.code() is not grpc.StatusCode.OK:
-            return outcome_of_error(rendezvous), rendezvous, rendezvous
-        return _STARTED, rendezvous, None
-
-    return attempt_fn
-
-
-class _UnaryStream(_Multi, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
+class _StreamUnary(_UnaryResponse, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
     __slots__ = ()
-    _KIND = "unary_stream"
-
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        channel = self._channel
-        return channel._drive(
-            self._call(metadata, True),
-            timeout,
-            _stream_attempt(
-                self,
-                request,
-                metadata,
-                wait_for_ready,
-                compression,
-                wait_headers=True,
-                timeout=timeout,
-            ),
-            _stream_deliver(channel._pool),
-        )
+    spec = _Spec(
+        _send_client_stream_response,
+        _deliver_unary,
+        _TIMERS.schedule,
+        send_with_call=_send_client_stream,
+        send_future=_send_client_stream,
+    )
 
 
-class _StreamStream(_Multi, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+class _UnaryStream(_SyncMulti, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
     __slots__ = ()
-    _KIND = "stream_stream"
+    spec = _Spec(_send_server_stream, _deliver_stream, _TIMERS.schedule)
 
-    def __call__(
-        self,
-        request_iterator: Iterator[Any],
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-        credentials: Any = None,
-        wait_for_ready: bool | None = None,
-        compression: Any = None,
-    ) -> Any:
-        channel = self._channel
-        # A chat's server may answer only after reading requests: deliver without waiting
-        # for response headers (so only what fails before the call starts can be retried).
-        return channel._drive(
-            self._call(metadata, False),
-            timeout,
-            _stream_attempt(
-                self,
-                request_iterator,
-                metadata,
-                wait_for_ready,
-                compression,
-                wait_headers=False,
-                timeout=timeout,
-            ),
-            _stream_deliver(channel._pool),
-        )
+
+class _StreamStream(_SyncMulti, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    spec = _Spec(_send_bidi, _deliver_stream, _TIMERS.schedule)
+
+
+_KINDS: dict[str, type[MultiCallable]] = {
+    "unary_unary": _UnaryUnary,
+    "unary_stream": _UnaryStream,
+    "stream_unary": _StreamUnary,
+    "stream_stream": _StreamStream,
+}
+
+
+# ------------------------------------------------------------------- what callers hold
+
+
+class _GuardedStream(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A delivered stream under the route timeout (or the inherited deadline): grpc's own
+    rendezvous, except that once the guard cut it, it reads as DEADLINE_EXCEEDED
+    ``upstream request timeout`` instead of the cancellation that stopped it."""
+
+    __slots__ = ("_attempts", "_guard", "_rendezvous")
+
+    def __init__(self, rendezvous: Any, guard: StreamGuard, attempts: int) -> None:
+        self._rendezvous = rendezvous
+        self._guard = guard
+        self._attempts = attempts
+
+    def _cut(self) -> MeshRpcError | None:
+        if self._guard.cut:
+            return route_timeout_error(MeshRpcError, self._attempts)
+        return None
+
+    def __iter__(self) -> _GuardedStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            message = next(self._rendezvous)
+        except grpc.RpcError:
+            cut = self._cut()
+            if cut is None:
+                raise
+            raise cut from None
+        self._guard.response_started()
+        return message
+
+    def code(self) -> grpc.StatusCode:
+        cut = self._cut()
+        code: grpc.StatusCode = (cut or self._rendezvous).code()
+        return code
+
+    def details(self) -> str | None:
+        cut = self._cut()
+        details: str | None = (cut or self._rendezvous).details()
+        return details
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rendezvous, name)  # the rest of grpc's rendezvous, as it is
+
+    def initial_metadata(self) -> Any:
+        return self._rendezvous.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._rendezvous.trailing_metadata()
+
+    def is_active(self) -> bool:
+        return bool(self._rendezvous.is_active())
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = self._rendezvous.time_remaining()
+        return remaining
+
+    def cancel(self) -> bool:
+        return bool(self._rendezvous.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._rendezvous.cancelled()) and not self._guard.cut
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._rendezvous.add_callback(callback))
+
+    def running(self) -> bool:
+        return bool(self._rendezvous.running())
+
+    def done(self) -> bool:
+        return bool(self._rendezvous.done())
+
+    # A cancelled rendezvous raises FutureCancelledError from its Future methods.
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self._rendezvous.result(timeout)
+        except (grpc.RpcError, grpc.FutureCancelledError):
+            cut = self._cut()
+            if cut is None:
+                raise
+            raise cut from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        cut = self._cut()
+        if cut is not None:
+            return cut
+        error: BaseException | None = self._rendezvous.exception(timeout)
+        return error
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        cut = self._cut()
+        return None if cut is not None else self._rendezvous.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._rendezvous.add_done_callback(lambda _: fn(self))
 
 
 class _FutureCall(grpc.Call, grpc.Future):  # type: ignore[misc]

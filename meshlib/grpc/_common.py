@@ -1,4 +1,9 @@
-"""What the sync and grpc.aio drivers share: calls, metadata, outcomes, local errors, channels.
+"""What the sync and grpc.aio drivers share: everything but the I/O.
+
+Calls, metadata, outcomes, local errors, the per-endpoint channel pool, the multicallable and
+channel plumbing, the bookkeeping of one RPC's way through the outbound flow (:class:`Drive`)
+and the route timeout of streams (:class:`StreamGuard`). ``_channel.py`` and ``aio.py`` keep
+what differs by colour: blocking or awaiting, threads or the event loop.
 
 A mesh channel never sends through one long-lived HTTP/2 connection to "the service": every
 call runs the outbound flow, which picks an endpoint, and the attempt goes out on a real grpc
@@ -10,34 +15,46 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 
-from meshlib._engine.outbound import Fail
+from meshlib._engine.outbound import DEADLINE_SLACK, Fail, FlowCommand, outbound_flow
+from meshlib._engine.runtime import OutboundRuntime
+from meshlib._engine.snapshot import MeshSnapshot
 from meshlib._identity.grpc_credentials import grpc_channel_credentials
 from meshlib._identity.rotation import Generation, RotatingIdentity
 from meshlib._model.call import Call
-from meshlib._model.commands import Attempt, Reply
+from meshlib._model.commands import Attempt, Deliver, Reply
 from meshlib._model.outcome import FailureKind, Outcome
-from meshlib._policy.replies import FLAG_UPSTREAM_TIMEOUT
+from meshlib._policy.replies import FLAG_UPSTREAM_TIMEOUT, UPSTREAM_TIMEOUT_BODY
+from meshlib._policy.routing import match_route
 
 __all__ = [
     "CALLER_DEADLINE",
+    "OK",
+    "STARTED",
+    "WAIT_TIMED_OUT",
+    "ChannelCore",
     "ChannelPool",
+    "Drive",
     "MeshRpcError",
     "Metadata",
     "MetadataView",
+    "MultiCallable",
     "PooledChannel",
-    "StreamDeadline",
+    "StreamEnd",
+    "StreamGuard",
     "Target",
     "build_call",
+    "complete_unary",
     "error_for_fail",
     "error_for_reply",
     "outcome_of_error",
     "outcome_of_status",
     "parse_target",
     "reply_code",
+    "stream_limits",
     "upstream_metadata",
 ]
 
@@ -46,12 +63,21 @@ DEFAULT_GRPC_PORT = 443
 """grpc's own default when a target names no port."""
 CALLER_DEADLINE = "Deadline Exceeded"
 """grpc's own details for an expired deadline (what a plain channel raises)."""
+OK = Outcome(status=200, grpc_status=0)
+STARTED = Outcome(status=200)
+"""An attempt that got response headers (or a stream the caller now holds)."""
+WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
+TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail=UPSTREAM_TIMEOUT_BODY)
+"""The mesh's bound on a stream cut it before its response started."""
 _CONNECT_FAILURES = ("failed to connect", "connections to all backends failing")
 _RESETS = ("socket closed", "connection reset", "broken pipe", "stream removed")
 # Hop-by-hop names grpc refuses in metadata; ``connection: close`` from the flow has no gRPC
 # equivalent (HTTP/2 has no keep-alive header) and is dropped.
 _FORBIDDEN = frozenset({"connection", "te", "host", "content-type", "user-agent"})
 _CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+_DEADLINE_EXCEEDED: int = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+_UT = (FLAG_UPSTREAM_TIMEOUT,)
+_E = TypeVar("_E", bound=BaseException)
 
 
 class MetadataView:
@@ -74,6 +100,9 @@ class MetadataView:
             return False
         wanted = key.lower()
         return any(k.lower() == wanted for k, _ in self._pairs)
+
+
+_NO_METADATA = MetadataView(None)
 
 
 class Target:
@@ -122,19 +151,22 @@ def build_call(target: Target, method: str, metadata: Metadata | None, *, replay
         host=target.host,
         port=target.port,
         path=method,
-        headers=MetadataView(metadata),
+        headers=MetadataView(metadata) if metadata else _NO_METADATA,
         body_replayable=replayable,
     )
 
 
 def upstream_metadata(metadata: Metadata | None, attempt: Attempt) -> list[tuple[str, Any]]:
     """The metadata for one attempt: remove, then set (overwrite), then add (Envoy's order)."""
-    drop = {name.lower() for name in attempt.remove_headers}
-    drop.update(name.lower() for name, _ in attempt.set_headers)
-    pairs: list[tuple[str, Any]] = [(k, v) for k, v in (metadata or ()) if k.lower() not in drop]
-    for name, value in attempt.set_headers:
-        if name not in _FORBIDDEN:
-            pairs.append((name.lower(), value))
+    pairs: list[tuple[str, Any]] = [
+        (name.lower(), value) for name, value in attempt.set_headers if name not in _FORBIDDEN
+    ]
+    removed = attempt.remove_headers
+    if metadata:
+        drop = {name.lower() for name, _ in attempt.set_headers}
+        if removed:
+            drop.update(name.lower() for name in removed)
+        pairs[:0] = [(k, v) for k, v in metadata if k.lower() not in drop]
     for name, value in attempt.add_headers:
         if name not in _FORBIDDEN:
             pairs.append((name.lower(), value))
@@ -256,33 +288,42 @@ class MeshRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
         fn(self)
 
 
-def error_for_reply(reply: Reply, attempts: int) -> MeshRpcError:
-    return MeshRpcError(reply_code(reply), reply.body, tuple(reply.headers), reply.flags, attempts)
+class ErrorType(Protocol):
+    """The colour's local-reply error: :class:`MeshRpcError` or ``MeshAioRpcError``."""
+
+    def __call__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: Sequence[tuple[str, str]] = (),
+        flags: tuple[str, ...] = (),
+        attempts: int = 0,
+        /,
+    ) -> BaseException: ...
 
 
-def error_for_fail(command: Fail, last: BaseException | None, attempts: int) -> BaseException:
+def error_for_reply(
+    reply: Reply, attempts: int, error_type: ErrorType = MeshRpcError
+) -> BaseException:
+    """A local reply as the colour's RpcError (a sidecar's trailers-only answer)."""
+    return error_type(reply_code(reply), reply.body, reply.headers, reply.flags, attempts)
+
+
+def error_for_fail(
+    command: Fail,
+    last: BaseException | None,
+    attempts: int,
+    error_type: ErrorType = MeshRpcError,
+) -> BaseException:
     """The caller's own deadline expired (grpc's DEADLINE_EXCEEDED), or a pass-through error."""
     if last is not None and command.outcome.detail != "caller timeout":
         return last
-    return MeshRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, CALLER_DEADLINE, attempts=attempts)
+    return error_type(grpc.StatusCode.DEADLINE_EXCEEDED, CALLER_DEADLINE, (), (), attempts)
 
 
-class StreamDeadline:
-    """The caller's own deadline for a streaming call, as grpc timeouts per attempt.
-
-    Streams are not bounded by the route or per-try timeout: those end at response headers
-    for a retry decision, and a long stream that works must not be cut (see docs/grpc.md).
-    """
-
-    __slots__ = ("_deadline",)
-
-    def __init__(self, timeout: float | None) -> None:
-        self._deadline = None if timeout is None else time.monotonic() + timeout
-
-    def remaining(self) -> float | None:
-        if self._deadline is None:
-            return None
-        return max(self._deadline - time.monotonic(), 0.0)
+def route_timeout_error(error_type: Callable[..., _E], attempts: int) -> _E:
+    """A stream the route timeout (or the inherited deadline) cut: Envoy's 504 UT as gRPC."""
+    return error_type(grpc.StatusCode.DEADLINE_EXCEEDED, UPSTREAM_TIMEOUT_BODY, (), _UT, attempts)
 
 
 # ------------------------------------------------------------------------------ channels
@@ -303,14 +344,8 @@ class PooledChannel:
         self.in_use = 0
         self.retired = False
         self.callables: dict[tuple[object, str], Any] = {}
-
-    def callable(self, owner: object, method: str, make: Callable[[Any], Any]) -> Any:
-        """The endpoint channel's multicallable for ``owner`` (cached: building one costs µs)."""
-        key = (owner, method)
-        found = self.callables.get(key)
-        if found is None:
-            found = self.callables[key] = make(self.channel)
-        return found
+        """The endpoint channel's multicallables per (mesh multicallable, path): building one
+        costs µs."""
 
 
 Factory = Callable[[str, Any, list[tuple[str, Any]]], Any]
@@ -366,20 +401,17 @@ class ChannelPool:
 
     def acquire(self, attempt: Attempt, authority: str) -> PooledChannel:
         endpoint = attempt.endpoint
-        if attempt.tls and self._identity is not None:
-            generation = self._identity.generation.number
-        else:
-            generation = 0
+        identity = self._identity
+        generation = identity.generation.number if attempt.tls and identity is not None else 0
         key: PoolKey = (endpoint.address, endpoint.port, authority, generation)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the mesh gRPC channel is closed")
             entry = self._channels.get(key)
             if entry is None:
-                entry = self._open(key, attempt, authority)
-                self._channels[key] = entry
+                entry = self._channels[key] = self._open(key, attempt, authority)
             entry.in_use += 1
-            return entry
+        return entry
 
     def _open(self, key: PoolKey, attempt: Attempt, authority: str) -> PooledChannel:
         address = str(attempt.endpoint)
@@ -421,3 +453,468 @@ class ChannelPool:
         if self._unsubscribe is not None:
             self._unsubscribe()
         return channels
+
+
+def discard(pool: ChannelPool, value: Any, entry: PooledChannel) -> None:
+    """An attempt the caller will not get: stop its RPC before its channel may close."""
+    try:
+        cancel = getattr(value, "cancel", None)
+        if cancel is not None:
+            cancel()
+    finally:
+        pool.release(entry)
+
+
+# --------------------------------------------------------------- channels and multicallables
+
+
+def _multicallable_factory(kind: str) -> Callable[..., Any]:
+    # grpc's four factories differ only by cardinality.
+    def factory(
+        self: ChannelCore,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return self._multicallable(kind, method, request_serializer, response_deserializer)
+
+    factory.__name__ = factory.__qualname__ = kind
+    return factory
+
+
+class ChannelCore:
+    """What a sync or aio mesh channel holds: the runtime, the logical target and the pool of
+    per-endpoint channels; it hands out the colour's multicallables."""
+
+    runtime: OutboundRuntime
+    target: Target
+    _pool: ChannelPool
+
+    unary_unary = _multicallable_factory("unary_unary")
+    unary_stream = _multicallable_factory("unary_stream")
+    stream_unary = _multicallable_factory("stream_unary")
+    stream_stream = _multicallable_factory("stream_stream")
+
+    def _setup(
+        self,
+        runtime: OutboundRuntime,
+        target: str,
+        identity: RotatingIdentity | None,
+        factory: Factory,
+        closer: Closer,
+        options: Any,
+    ) -> None:
+        self.runtime = runtime
+        self.target = parse_target(target)
+        if identity is None and isinstance(runtime.identity, RotatingIdentity):
+            identity = runtime.identity
+        self._pool = ChannelPool(factory, closer, identity, options)
+
+    def _multicallable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
+        raise NotImplementedError
+
+    @property
+    def open_channels(self) -> int:
+        """Per-endpoint grpc channels currently pooled (tests and debugging)."""
+        return self._pool.open_channels
+
+
+class MultiCallable:
+    """A mesh multicallable of any cardinality: the method, its serializers and what it costs
+    to build once (the Call of a metadata-less RPC, the endpoint channels' multicallables)."""
+
+    __slots__ = (
+        "_bare_call",
+        "_channel",
+        "_deserializer",
+        "_kind",
+        "_method",
+        "_replayable",
+        "_serializer",
+        "_unary_request",
+    )
+
+    def __init__(
+        self, channel: ChannelCore, kind: str, method: str, serializer: Any, deserializer: Any
+    ) -> None:
+        self._channel = channel
+        self._kind = kind
+        self._method = method
+        self._serializer = serializer
+        self._deserializer = deserializer
+        # A request stream is consumed by its first attempt: never replayed.
+        self._unary_request = self._replayable = kind.startswith("unary_")
+        # Policies only read a Call: one without metadata is the same for every RPC.
+        self._bare_call = build_call(channel.target, method, None, replayable=self._replayable)
+
+    def call_for(self, metadata: Metadata | None) -> Call:
+        if not metadata:
+            return self._bare_call
+        return build_call(self._channel.target, self._method, metadata, replayable=self._replayable)
+
+    def inner(self, entry: PooledChannel, attempt: Attempt) -> Any:
+        """The endpoint channel's multicallable for this method (the route may rewrite it)."""
+        path = attempt.path or self._method
+        found = entry.callables.get((self, path))
+        if found is None:
+            factory = getattr(entry.channel, self._kind)
+            found = entry.callables[self, path] = factory(
+                path,
+                request_serializer=self._serializer,
+                response_deserializer=self._deserializer,
+            )
+        return found
+
+
+# ----------------------------------------------------------------------------- one RPC
+
+
+Schedule = Callable[[float, Callable[[], None]], Any]
+"""``(when on time.monotonic, callback) -> handle with cancel()``: a timer thread or
+``loop.call_at``."""
+
+
+class Drive:
+    """One RPC's way through the outbound flow, minus the I/O.
+
+    The colour's loop performs ``Send``/``Sleep``/``WaitSlot`` and hands every other command
+    to :meth:`finish`. Between them this counts attempts, holds the attempt's pooled channel
+    until the flow decides (an attempt it will not deliver is stopped and released at once)
+    and turns local replies into the colour's RpcError.
+    """
+
+    __slots__ = (
+        "attempts",
+        "caller_deadline",
+        "compression",
+        "entry",
+        "error",
+        "flow",
+        "guard",
+        "metadata",
+        "multi",
+        "request",
+        "value",
+        "wait_for_ready",
+    )
+
+    error_type: ClassVar[ErrorType] = MeshRpcError
+    metadata_type: ClassVar[Callable[..., Any] | None] = None
+    """What the colour's grpc wants metadata as (grpc.aio: ``grpc.aio.Metadata``)."""
+
+    def __init__(
+        self,
+        multi: MultiCallable,
+        request: Any,
+        timeout: float | None,
+        metadata: Metadata | None,
+        wait_for_ready: bool | None,
+        compression: Any,
+        schedule: Schedule | None = None,
+    ) -> None:
+        self.multi = multi
+        self.request = request
+        self.metadata = metadata
+        self.wait_for_ready = wait_for_ready
+        self.compression = compression
+        self.attempts = 0
+        self.entry: PooledChannel | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
+        runtime = multi._channel.runtime
+        inherited_of = runtime.inherited_deadline
+        inherited = inherited_of() if inherited_of is not None else None
+        call = multi.call_for(metadata)
+        snapshot = None
+        self.guard: StreamGuard | None = None
+        self.caller_deadline: float | None = None
+        if schedule is not None:
+            # Streams: grpc keeps the caller's own deadline, the guard the mesh's bounds.
+            now = time.monotonic()
+            if timeout is not None:
+                self.caller_deadline = now + timeout
+            snapshot, route_timeout, per_try = stream_limits(runtime, call)
+            if route_timeout is not None or per_try is not None or inherited is not None:
+                # The inherited deadline is on the runtime's clock, timers on time.monotonic.
+                real = None if inherited is None else now + inherited - runtime.clock.now()
+                self.guard = StreamGuard(
+                    schedule, route_timeout, per_try, real, unary_request=multi._unary_request
+                )
+        self.flow = outbound_flow(
+            call, runtime, caller_timeout=timeout, inherited_deadline=inherited, snapshot=snapshot
+        )
+
+    def start(self, method: Any, attempt: Attempt, request: Any, timeout: float | None) -> Any:
+        """Call ``method`` (an endpoint multicallable, or its ``with_call``/``future``) for
+        ``attempt``: the request, its timeout and the attempt's metadata. What it returns is
+        held as :attr:`value` at once, so that :meth:`close` stops an RPC whose attempt is
+        interrupted (an aio task cancelled while it waits for response headers)."""
+        metadata: Any = upstream_metadata(self.metadata, attempt)
+        wrap = self.metadata_type
+        self.value = started = method(
+            request,
+            timeout=timeout,
+            metadata=metadata if wrap is None else wrap(*metadata),
+            wait_for_ready=self.wait_for_ready,
+            compression=self.compression,
+        )
+        return started
+
+    def caller_remaining(self) -> float | None:
+        """What is left of the caller's own timeout: grpc's deadline for a stream's attempt."""
+        deadline = self.caller_deadline
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+    def acquire(self, attempt: Attempt) -> PooledChannel:
+        """The pooled channel for ``attempt``; released by :meth:`close` if the attempt raises."""
+        self.attempts += 1
+        channel = self.multi._channel
+        entry = self.entry = channel._pool.acquire(
+            attempt, attempt.authority or channel.target.authority
+        )
+        self.value = None
+        guard = self.guard
+        if guard is not None:
+            guard.routed()
+        return entry
+
+    def routed(self) -> None:
+        """The flow sends (or queues for a slot): a unary request has ended, Envoy's clock runs."""
+        guard = self.guard
+        if guard is not None:
+            guard.routed()
+
+    def sent(self, outcome: Outcome, value: Any, error: BaseException | None) -> FlowCommand:
+        """The attempt's outcome to the flow; what it will not deliver is dropped at once."""
+        self.value = value
+        self.error = error
+        command = self.flow.send(outcome)
+        if type(command) is not Deliver:
+            entry = self.entry
+            if entry is not None:
+                self.entry = None
+                discard(self.multi._channel._pool, value, entry)
+        return command
+
+    def finish(self, command: FlowCommand) -> Deliver:
+        """The final command: a Deliver is returned (the caller now owns :attr:`entry`,
+        :attr:`value` and :attr:`guard`), a local reply or failure is raised."""
+        if type(command) is Deliver:
+            return command
+        if type(command) is Reply:
+            raise error_for_reply(command, self.attempts, self.error_type)
+        assert isinstance(command, Fail)
+        raise error_for_fail(command, self.error, self.attempts, self.error_type)
+
+    def delivered(self) -> tuple[PooledChannel, StreamGuard | None]:
+        """Hand the delivered attempt's channel (and the stream's guard) to the caller."""
+        entry, guard = self.entry, self.guard
+        assert entry is not None
+        self.entry = self.guard = None
+        return entry, guard
+
+    def close(self) -> None:
+        """Give back what the RPC still holds (errors, cancellation, local replies)."""
+        entry = self.entry
+        if entry is not None:
+            self.entry = None
+            discard(self.multi._channel._pool, self.value, entry)
+        guard = self.guard
+        if guard is not None:
+            guard.close()
+        self.flow.close()
+
+
+def complete_unary(command: Deliver) -> None:
+    """A unary response was delivered: OK, or the trailers-only status the flow let through."""
+    command.complete(OK if command.outcome.grpc_status is None else command.outcome)
+
+
+_CUT = Outcome(
+    status=200,
+    failure=FailureKind.TIMEOUT,
+    grpc_status=_DEADLINE_EXCEEDED,
+    detail=UPSTREAM_TIMEOUT_BODY,
+)
+"""A delivered stream the mesh cut at its deadline."""
+
+
+class StreamEnd:
+    """Ends a delivered stream exactly once: its guard off, its channel back, the flow told the
+    final status (DEADLINE_EXCEEDED when the guard cut it)."""
+
+    __slots__ = ("_command", "_done", "_entry", "_guard", "_lock", "_pool")
+
+    def __init__(
+        self, pool: ChannelPool, entry: PooledChannel, command: Deliver, guard: StreamGuard | None
+    ) -> None:
+        self._pool = pool
+        self._entry = entry
+        self._command = command
+        self._guard = guard
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self, code: grpc.StatusCode) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        guard = self._guard
+        outcome = Outcome(status=200, grpc_status=code.value[0])
+        try:
+            if guard is not None:
+                guard.close()
+                if guard.cut:  # the flow adds Envoy's UT flag for this outcome
+                    outcome = _CUT
+            self._pool.release(self._entry)
+        finally:
+            self._command.complete(outcome)
+
+
+# ---------------------------------------------------------------------- streams' deadlines
+
+
+def stream_limits(
+    runtime: OutboundRuntime, call: Call
+) -> tuple[MeshSnapshot, float | None, float | None]:
+    """The snapshot for a stream's flow, and its route's timeout and per-try timeout.
+
+    Envoy starts the route timeout when the request ends and stops it when the response ends;
+    the flow's deadline starts at routing and ends at response headers, so the driver needs
+    the route's own values. The same snapshot goes to the flow: both see the same route.
+    """
+    snapshot = runtime.snapshot()
+    config = snapshot.lookup_host(call.authority, call.port)
+    if config is None or config.routes is None:
+        return snapshot, None, None  # outside the mesh, or Istio's default route: no timeouts
+    matched = match_route(config.routes, call, call.port)
+    if matched is None:
+        return snapshot, None, None  # the flow answers UNIMPLEMENTED
+    route = matched[0]
+    return snapshot, route.timeout, route.retries.per_try_timeout
+
+
+class StreamGuard:
+    """The mesh's bounds on one streaming RPC, enforced by cancelling the upstream call.
+
+    As Envoy: the route timeout runs from the end of the request (at once for a unary request,
+    at half-close for a client stream) to the end of the response; the per-try timeout only
+    until the response starts; the deadline inherited from the inbound request throughout.
+    ``cut`` tells the driver to answer DEADLINE_EXCEEDED ``upstream request timeout`` instead
+    of the cancellation. Thread-safe: the sync driver calls it from grpc's threads.
+    """
+
+    __slots__ = (
+        "_armed",
+        "_cancel",
+        "_closed",
+        "_first_byte",
+        "_handle",
+        "_inherited",
+        "_lock",
+        "_per_try",
+        "_request_end",
+        "_route_timeout",
+        "_schedule",
+        "_started",
+        "_unary_request",
+        "cut",
+    )
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        route_timeout: float | None,
+        per_try: float | None,
+        inherited: float | None,
+        *,
+        unary_request: bool,
+    ) -> None:
+        self._schedule = schedule
+        self._route_timeout = route_timeout
+        self._per_try = per_try
+        self._inherited = inherited
+        self._unary_request = unary_request
+        self._lock = threading.Lock()
+        self._handle: Any = None
+        self._armed = 0
+        self._cancel: Callable[[], Any] | None = None
+        self._request_end: float | None = None
+        self._first_byte: float | None = None
+        self._started = False
+        self._closed = False
+        self.cut = False
+
+    def routed(self) -> None:
+        """The flow reached its first attempt (or queue): a unary request's timer starts."""
+        if self._unary_request and self._request_end is None:
+            self._request_end = time.monotonic()
+
+    def attempt(self, cancel: Callable[[], Any], first_byte: float | None = None) -> None:
+        """An attempt started: ``cancel`` stops it; ``first_byte`` (seconds) bounds it until its
+        response starts (the flow's per-try and overall budget for a server stream)."""
+        with self._lock:
+            self._cancel = cancel
+            self.cut = False
+            self._started = False
+            if first_byte is not None:
+                self._first_byte = time.monotonic() + first_byte
+            self._arm()
+
+    def request_ended(self) -> None:
+        """A client stream half-closed: Envoy starts the route and per-try timeouts here."""
+        with self._lock:
+            now = time.monotonic()
+            self._request_end = now
+            if self._per_try is not None and not self._started:
+                self._first_byte = now + self._per_try
+            self._arm()
+
+    def response_started(self) -> None:
+        """Response headers (or a first message) arrived: the per-try timeout no longer applies."""
+        self._started = True  # a timer due for the per-try timeout re-arms for the rest
+
+    def _deadline(self) -> float | None:
+        deadline = self._inherited
+        if self._request_end is not None and self._route_timeout is not None:
+            candidate = self._request_end + self._route_timeout
+            if deadline is None or candidate < deadline:
+                deadline = candidate
+        first_byte = None if self._started else self._first_byte
+        if first_byte is not None and (deadline is None or first_byte < deadline):
+            deadline = first_byte
+        return deadline
+
+    def _arm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._armed += 1
+        deadline = self._deadline()
+        if deadline is not None and not self._closed:
+            armed = self._armed
+            self._handle = self._schedule(deadline, lambda: self._fire(armed))
+
+    def _fire(self, armed: int) -> None:
+        with self._lock:
+            if armed != self._armed or self._closed or self._cancel is None:
+                return  # re-armed meanwhile (a timer thread may fire a cancelled one late)
+            self._handle = None
+            deadline = self._deadline()
+            if deadline is None:
+                return
+            if time.monotonic() < deadline - DEADLINE_SLACK:  # early wake, or started since
+                self._arm()
+                return
+            self.cut = True
+            cancel = self._cancel
+        cancel()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None

@@ -114,6 +114,32 @@ def _status_of(context: Any, error: BaseException | None) -> int:
     return _UNKNOWN if error is not None else _OK
 
 
+class _Served:
+    """The handler's part of one allowed RPC: the peer bound while it runs, and its record
+    (with the status it ended with) once it has."""
+
+    __slots__ = ("_context", "_decision", "_token")
+
+    def __init__(self, decision: InboundDecision, context: Any) -> None:
+        self._decision = decision
+        self._context = context
+        self._token: Any = None
+
+    def __enter__(self) -> None:
+        self._token = bind_peer(self._decision.call.peer)
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        unbind_peer(self._token)
+        self._decision.finish(time.monotonic(), 200, grpc_status=_status_of(self._context, error))
+
+
+def _behaviour(handler: Any) -> Callable[..., Any]:
+    behaviour: Callable[..., Any] = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    return behaviour
+
+
 class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """``grpc.server(pool, interceptors=[mesh.grpc_server_interceptor()])``."""
 
@@ -127,45 +153,23 @@ class MeshServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         method: str = details.method
         metadata = details.invocation_metadata
         inbound = self._inbound
-        streaming_response = bool(handler.response_streaming)
-        behaviour = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
+        behaviour = _behaviour(handler)
 
         def unary(request: Any, context: Any) -> Any:
             decision = inbound.decide(method, metadata, context)
             if not decision.allowed:
                 _refuse(decision, context)
-            token = bind_peer(decision.call.peer)
-            error: BaseException | None = None
-            try:
+            with _Served(decision, context):
                 return behaviour(request, context)
-            except BaseException as caught:
-                error = caught
-                raise
-            finally:
-                unbind_peer(token)
-                decision.finish(time.monotonic(), 200, grpc_status=_status_of(context, error))
 
         def streaming(request: Any, context: Any) -> Iterator[Any]:
             decision = inbound.decide(method, metadata, context)
             if not decision.allowed:
                 _refuse(decision, context)
-            token = bind_peer(decision.call.peer)
-            error: BaseException | None = None
-            try:
+            with _Served(decision, context):
                 yield from behaviour(request, context)
-            except BaseException as caught:
-                error = caught
-                raise
-            finally:
-                unbind_peer(token)
-                decision.finish(time.monotonic(), 200, grpc_status=_status_of(context, error))
 
-        return _rebuild(handler, streaming if streaming_response else unary)
+        return _rebuild(handler, streaming if handler.response_streaming else unary)
 
 
 def _refuse(decision: InboundDecision, context: Any) -> None:
@@ -202,38 +206,23 @@ class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         method: str = details.method
         metadata = details.invocation_metadata
         inbound = self._inbound
-        behaviour = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
+        behaviour = _behaviour(handler)
 
         async def unary(request: Any, context: Any) -> Any:
             decision = inbound.decide(method, metadata, context)
             if not decision.allowed:
                 await _refuse_aio(decision, context)
-            token = bind_peer(decision.call.peer)
-            error: BaseException | None = None
-            try:
+            with _Served(decision, context):
                 result = behaviour(request, context)
                 if hasattr(result, "__await__"):
                     result = await result
                 return result
-            except BaseException as caught:
-                error = caught
-                raise
-            finally:
-                unbind_peer(token)
-                decision.finish(time.monotonic(), 200, grpc_status=_status_of(context, error))
 
         async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
             decision = inbound.decide(method, metadata, context)
             if not decision.allowed:
                 await _refuse_aio(decision, context)
-            token = bind_peer(decision.call.peer)
-            error: BaseException | None = None
-            try:
+            with _Served(decision, context):
                 result = behaviour(request, context)
                 if hasattr(result, "__aiter__"):
                     async for message in result:
@@ -243,12 +232,6 @@ class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 else:
                     for message in result:
                         yield message
-            except BaseException as caught:
-                error = caught
-                raise
-            finally:
-                unbind_peer(token)
-                decision.finish(time.monotonic(), 200, grpc_status=_status_of(context, error))
 
         return _rebuild(handler, streaming if handler.response_streaming else unary)
 

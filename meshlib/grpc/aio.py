@@ -2,44 +2,46 @@
 
 ``channel = mesh.grpc_aio_channel("ratings:9090")``; ``await stub.Get(request)``. Each call runs
 the outbound flow on the event loop; attempts go out on pooled grpc.aio channels per endpoint.
+Everything without I/O lives in ``_common``; this file awaits.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from meshlib._engine.outbound import Fail, WaitSlot, outbound_flow
+from meshlib._engine.outbound import WaitSlot
 from meshlib._engine.runtime import OutboundRuntime
 from meshlib._identity.rotation import RotatingIdentity
-from meshlib._model.call import Call
-from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep
-from meshlib._model.outcome import FailureKind, Outcome
+from meshlib._model.commands import Attempt, Deliver, Send, Sleep
+from meshlib._model.outcome import Outcome
 from meshlib.grpc._common import (
-    ChannelPool,
+    STARTED,
+    TIMED_OUT,
+    WAIT_TIMED_OUT,
+    ChannelCore,
+    Drive,
     Metadata,
+    MultiCallable,
     PooledChannel,
-    StreamDeadline,
-    build_call,
-    error_for_fail,
+    StreamEnd,
+    StreamGuard,
+    complete_unary,
     outcome_of_status,
-    parse_target,
-    reply_code,
-    upstream_metadata,
+    route_timeout_error,
 )
 from meshlib.grpc._server import AioMeshServerInterceptor
 
 __all__ = ["AioMeshServerInterceptor", "MeshAioChannel", "MeshAioRpcError"]
 
-_OK = Outcome(status=200, grpc_status=0)
-_STARTED = Outcome(status=200)
-_WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
-_CANCELLED: int = grpc.StatusCode.CANCELLED.value[0]
 _REPORTS: set[asyncio.Future[None]] = set()
+
+Result = tuple[Outcome, Any, BaseException | None]
+"""What an attempt gives the flow: its outcome, the call to deliver, the failure marker."""
 
 
 class MeshAioRpcError(grpc.aio.AioRpcError):  # type: ignore[misc]
@@ -57,19 +59,6 @@ class MeshAioRpcError(grpc.aio.AioRpcError):  # type: ignore[misc]
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details, None)
         self.flags = flags
         self.attempts = attempts
-
-
-def _aio_error(error: BaseException) -> BaseException:
-    code_of = getattr(error, "code", None)
-    if isinstance(error, grpc.aio.AioRpcError) or code_of is None:
-        return error
-    return MeshAioRpcError(
-        code_of(),
-        error.details(),  # type: ignore[attr-defined]
-        error.trailing_metadata(),  # type: ignore[attr-defined]
-        getattr(error, "flags", ()),
-        getattr(error, "attempts", 0),
-    )
 
 
 def _aio_channel(address: str, credentials: Any, options: list[tuple[str, Any]]) -> Any:
@@ -98,7 +87,7 @@ async def _wait_slot(command: WaitSlot) -> Outcome | None:
             await future
     except TimeoutError:
         if cluster.cancel_wait(waiter):
-            return _WAIT_TIMED_OUT
+            return WAIT_TIMED_OUT
         return None
     except BaseException:
         if not cluster.cancel_wait(waiter):
@@ -107,7 +96,7 @@ async def _wait_slot(command: WaitSlot) -> Outcome | None:
     return None
 
 
-class MeshAioChannel(grpc.aio.Channel):  # type: ignore[misc]
+class MeshAioChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
     """A ``grpc.aio.Channel`` routed through the mesh (one event loop, like grpc.aio's own)."""
 
     def __init__(
@@ -118,12 +107,8 @@ class MeshAioChannel(grpc.aio.Channel):  # type: ignore[misc]
         identity: RotatingIdentity | None = None,
         options: Any = None,
     ) -> None:
-        self.runtime = runtime
-        self.target = parse_target(target)
-        if identity is None and isinstance(runtime.identity, RotatingIdentity):
-            identity = runtime.identity
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool = ChannelPool(_aio_channel, self._close_later, identity, options)
+        self._setup(runtime, target, identity, _aio_channel, self._close_later, options)
 
     def _close_later(self, channel: Any) -> None:
         # Rotation is heard on the identity source's thread; grpc.aio closes on its loop.
@@ -132,43 +117,8 @@ class MeshAioChannel(grpc.aio.Channel):  # type: ignore[misc]
             return
         loop.call_soon_threadsafe(lambda: loop.create_task(channel.close()))
 
-    # --- grpc.aio.Channel -------------------------------------------------------------------
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _Multi(self, "unary_unary", method, request_serializer, response_deserializer)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _Multi(self, "unary_stream", method, request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _Multi(self, "stream_unary", method, request_serializer, response_deserializer)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _Multi(self, "stream_stream", method, request_serializer, response_deserializer)
+    def _multicallable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
+        return _Multi(self, kind, method, serializer, deserializer)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         # Connectivity belongs to the per-endpoint channels; the mesh channel is always ready.
@@ -191,22 +141,17 @@ class MeshAioChannel(grpc.aio.Channel):  # type: ignore[misc]
     async def __aexit__(self, *exc: object) -> None:
         await self.close(None)
 
-    @property
-    def open_channels(self) -> int:
-        return self._pool.open_channels
+
+class _AioDrive(Drive):
+    __slots__ = ()
+    error_type = MeshAioRpcError
+    metadata_type = grpc.aio.Metadata
 
 
-class _Multi:
+class _Multi(MultiCallable):
     """One multicallable of any cardinality; ``__call__`` returns a :class:`_MeshCall`."""
 
-    __slots__ = ("_channel", "_deserializer", "_kind", "_method", "_serializer")
-
-    def __init__(self, channel: MeshAioChannel, kind: str, method: str, ser: Any, de: Any) -> None:
-        self._channel = channel
-        self._kind = kind
-        self._method = method
-        self._serializer = ser
-        self._deserializer = de
+    __slots__ = ()
 
     def __call__(
         self,
@@ -218,169 +163,68 @@ class _Multi:
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> _MeshCall:
-        channel = self._channel
-        if channel._loop is None:
-            channel._loop = asyncio.get_running_loop()
+        channel: MeshAioChannel = self._channel  # type: ignore[assignment]
+        loop = channel._loop
+        if loop is None:
+            loop = channel._loop = asyncio.get_running_loop()
         pairs = tuple(metadata) if metadata is not None else None
-        client_streaming = self._kind.startswith("stream_")
-        call = build_call(channel.target, self._method, pairs, replayable=not client_streaming)
-        mesh_call = _MeshCall()
-        mesh_call._setup = asyncio.ensure_future(
-            self._drive(mesh_call, call, request, timeout, pairs, wait_for_ready, compression)
-        )
-        return mesh_call
-
-    def _inner(self, entry: PooledChannel, attempt: Attempt) -> Any:
-        path = attempt.path or self._method
         kind = self._kind
-        ser, de = self._serializer, self._deserializer
+        schedule = None if kind == "unary_unary" else loop.call_at
+        drive = _AioDrive(self, request, timeout, pairs, wait_for_ready, compression, schedule)
+        return _MeshCall(drive, asyncio.ensure_future(_drive(drive, _SENDS[kind])))
 
-        def make(channel: Any) -> Any:
-            return getattr(channel, kind)(path, request_serializer=ser, response_deserializer=de)
 
-        return entry.callable(self, path, make)
+# ------------------------------------------------------------------------- the driver loop
 
-    async def _attempt(
-        self,
-        attempt: Attempt,
-        entry: PooledChannel,
-        request: Any,
-        metadata: Metadata | None,
-        wait_for_ready: bool | None,
-        compression: Any,
-        stream_deadline: StreamDeadline,
-    ) -> tuple[Outcome, Any]:
-        inner = self._inner(entry, attempt)
-        md = grpc.aio.Metadata(*upstream_metadata(metadata, attempt))
-        kind = self._kind
-        # Streams run under the caller's own deadline: the route and per-try timeouts would
-        # cut a long stream that is working (they bound unary calls only).
-        rpc = inner(
-            request,
-            timeout=attempt.timeout if kind == "unary_unary" else stream_deadline.remaining(),
-            metadata=md,
-            wait_for_ready=wait_for_ready,
-            compression=compression,
-        )
-        if kind == "unary_unary":
-            try:
-                await rpc
-            except grpc.aio.AioRpcError as error:
-                return outcome_of_status(error.code(), error.details() or ""), rpc
-            return _STARTED, rpc
-        if kind == "unary_stream":
-            # Response headers commit the call: until then a failure may be retried.
-            await rpc.initial_metadata()
-            if rpc.done():
-                code = await rpc.code()
-                if code is not grpc.StatusCode.OK:
-                    return outcome_of_status(code, await rpc.details() or ""), rpc
-        # Client streams are delivered at once: their server may answer only after requests.
-        return _STARTED, rpc
 
-    async def _drive(
-        self,
-        mesh_call: _MeshCall,
-        call: Call,
-        request: Any,
-        timeout: float | None,  # noqa: ASYNC109 - grpc's own parameter, given to the flow
-        metadata: Metadata | None,
-        wait_for_ready: bool | None,
-        compression: Any,
-    ) -> Any:
-        channel = self._channel
-        runtime = channel.runtime
-        pool = channel._pool
-        inherited = runtime.inherited_deadline
-        flow = outbound_flow(
-            call,
-            runtime,
-            caller_timeout=timeout,
-            inherited_deadline=inherited() if inherited is not None else None,
-        )
-        pending: tuple[Any, PooledChannel] | None = None
-        last: BaseException | None = None
-        attempts = 0
-        sleep = runtime.async_sleep or asyncio.sleep
-        stream_deadline = StreamDeadline(timeout)
-        try:
-            command = next(flow)
-            while True:
-                if pending is not None and not isinstance(command, Deliver):
-                    _discard(pool, pending)
-                    pending = None
-                if isinstance(command, Send):
-                    attempts += 1
-                    attempt = command.attempt
-                    entry = pool.acquire(attempt, attempt.authority or channel.target.authority)
-                    try:
-                        outcome, rpc = await self._attempt(
-                            attempt,
-                            entry,
-                            request,
-                            metadata,
-                            wait_for_ready,
-                            compression,
-                            stream_deadline,
-                        )
-                    except BaseException:
-                        pool.release(entry)
-                        raise
-                    pending = (rpc, entry)
-                    last = None if outcome is _STARTED else _RpcFailure(rpc)
-                    command = flow.send(outcome)
-                elif isinstance(command, Deliver):
-                    assert pending is not None
-                    rpc, entry = pending
-                    pending = None
-                    return self._deliver(rpc, entry, command)
-                elif isinstance(command, Reply):
-                    raise MeshAioRpcError(
-                        reply_code(command), command.body, command.headers, command.flags, attempts
-                    )
-                elif isinstance(command, Sleep):
-                    await sleep(command.seconds)  # type: ignore[misc]
-                    command = flow.send(None)
-                elif isinstance(command, WaitSlot):
-                    command = flow.send(await _wait_slot(command))
-                else:
-                    assert isinstance(command, Fail)
-                    raise _aio_error(error_for_fail(command, last, attempts))
-        finally:
-            if pending is not None:
-                _discard(pool, pending)
-            flow.close()
+async def _drive(drive: _AioDrive, send: SendFn) -> Any:
+    flow = drive.flow
+    sleep = drive.multi._channel.runtime.async_sleep or asyncio.sleep
+    try:
+        command = next(flow)
+        while True:
+            if type(command) is Send:
+                attempt = command.attempt
+                command = drive.sent(*await send(drive, attempt, drive.acquire(attempt)))
+            elif type(command) is Sleep:
+                await sleep(command.seconds)  # type: ignore[misc]
+                command = flow.send(None)
+            elif type(command) is WaitSlot:
+                drive.routed()
+                command = flow.send(await _wait_slot(command))
+            else:
+                return _deliver(drive, drive.finish(command))
+    finally:
+        drive.close()
 
-    def _deliver(self, rpc: Any, entry: PooledChannel, command: Deliver) -> Any:
-        pool = self._channel._pool
-        if self._kind == "unary_unary":
-            pool.release(entry)
-            command.complete(_OK if command.outcome.grpc_status is None else command.outcome)
-            return rpc
-        finished = [False]
 
-        def finish(done: Any) -> None:
-            if finished[0]:
-                return
-            finished[0] = True
-            pool.release(entry)
-            if done.cancelled():
-                command.complete(Outcome(status=200, grpc_status=_CANCELLED))
-                return
-
-            async def report() -> None:
-                code = await done.code()
-                command.complete(Outcome(status=200, grpc_status=code.value[0]))
-
-            task = asyncio.ensure_future(report())
-            _REPORTS.add(task)  # a task only weakly referenced may be collected mid-way
-            task.add_done_callback(_REPORTS.discard)
-
-        if rpc.done():
-            finish(rpc)
-        else:
-            rpc.add_done_callback(finish)
+def _deliver(drive: _AioDrive, command: Deliver) -> Any:
+    rpc = drive.value
+    entry, guard = drive.delivered()
+    pool = drive.multi._channel._pool
+    if drive.multi._kind == "unary_unary":
+        pool.release(entry)
+        complete_unary(command)
         return rpc
+    end = StreamEnd(pool, entry, command, guard)
+
+    def finish(done: Any) -> None:
+        if done.cancelled():
+            end(grpc.StatusCode.CANCELLED)  # DEADLINE_EXCEEDED if the guard cancelled it
+            return
+
+        async def report() -> None:
+            end(await done.code())
+
+        task = asyncio.ensure_future(report())
+        _REPORTS.add(task)  # a task only weakly referenced may be collected mid-way
+        task.add_done_callback(_REPORTS.discard)
+
+    if rpc.done():
+        finish(rpc)
+    else:
+        rpc.add_done_callback(finish)
+    return rpc
 
 
 class _RpcFailure(Exception):
@@ -391,22 +235,89 @@ class _RpcFailure(Exception):
         self.rpc = rpc
 
 
-def _discard(pool: ChannelPool, pending: tuple[Any, PooledChannel]) -> None:
-    rpc, entry = pending
+# ------------------------------------------------------------------------- one attempt
+
+
+async def _send_unary(drive: _AioDrive, attempt: Attempt, entry: PooledChannel) -> Result:
+    rpc = drive.start(drive.multi.inner(entry, attempt), attempt, drive.request, attempt.timeout)
     try:
-        rpc.cancel()  # not delivered: stop it before its channel may close
-    finally:
-        pool.release(entry)
+        await rpc
+    except grpc.aio.AioRpcError as error:
+        return outcome_of_status(error.code(), error.details() or ""), rpc, _RpcFailure(rpc)
+    return STARTED, rpc, None
+
+
+async def _send_server_stream(drive: _AioDrive, attempt: Attempt, entry: PooledChannel) -> Result:
+    inner = drive.multi.inner(entry, attempt)
+    rpc = drive.start(inner, attempt, drive.request, drive.caller_remaining())
+    guard = drive.guard
+    if guard is not None:
+        guard.attempt(rpc.cancel, attempt.timeout)
+    # Response headers commit the call: until then a failure may be retried.
+    await rpc.initial_metadata()
+    if guard is not None:
+        guard.response_started()
+    if rpc.done():
+        code = await rpc.code()
+        if code is not grpc.StatusCode.OK:
+            if guard is not None and guard.cut:
+                return TIMED_OUT, rpc, _RpcFailure(rpc)
+            return outcome_of_status(code, await rpc.details() or ""), rpc, _RpcFailure(rpc)
+    return STARTED, rpc, None
+
+
+async def _send_client_stream(drive: _AioDrive, attempt: Attempt, entry: PooledChannel) -> Result:
+    # Client streams are delivered at once: their server may answer only after requests.
+    guard = drive.guard
+    requests = drive.request
+    if guard is not None and requests is not None:
+        requests = _requests(requests, guard)
+    inner = drive.multi.inner(entry, attempt)
+    rpc = drive.start(inner, attempt, requests, drive.caller_remaining())
+    if guard is not None:
+        guard.attempt(rpc.cancel)
+    return STARTED, rpc, None
+
+
+async def _requests(
+    requests: AsyncIterable[Any] | Iterable[Any], guard: StreamGuard
+) -> AsyncIterator[Any]:
+    # grpc.aio takes either kind of request iterator; the guard learns when it ends.
+    if isinstance(requests, AsyncIterable):
+        async for message in requests:
+            yield message
+    else:
+        for message in requests:
+            yield message
+    guard.request_ended()
+
+
+SendFn = Callable[[_AioDrive, Attempt, PooledChannel], Awaitable[Result]]
+_SENDS: dict[str, SendFn] = {
+    "unary_unary": _send_unary,
+    "unary_stream": _send_server_stream,
+    "stream_unary": _send_client_stream,
+    "stream_stream": _send_client_stream,
+}
+
+
+# ------------------------------------------------------------------- what callers hold
 
 
 class _MeshCall:
     """What a mesh multicallable returns: awaitable (unary response), async-iterable (response
-    stream), ``write``/``done_writing`` (request stream) and the ``grpc.aio.Call`` methods."""
+    stream), ``write``/``done_writing`` (request stream) and the ``grpc.aio.Call`` methods.
 
-    __slots__ = ("_setup",)
+    A stream the guard cut reads as DEADLINE_EXCEEDED ``upstream request timeout`` instead of
+    the cancellation that stopped it.
+    """
 
-    def __init__(self) -> None:
-        self._setup: asyncio.Future[Any]
+    __slots__ = ("_drive", "_guard", "_setup")
+
+    def __init__(self, drive: _AioDrive, setup: asyncio.Future[Any]) -> None:
+        self._drive = drive
+        self._guard = drive.guard
+        self._setup = setup
 
     async def _rpc(self) -> Any:
         try:
@@ -414,26 +325,59 @@ class _MeshCall:
         except _RpcFailure as failure:  # outside the mesh: the upstream call's own error
             return failure.rpc
 
+    def _cut(self) -> MeshAioRpcError | None:
+        guard = self._guard
+        if guard is not None and guard.cut:
+            return route_timeout_error(MeshAioRpcError, self._drive.attempts)
+        return None
+
+    async def _guarded(self, operation: Awaitable[Any]) -> Any:
+        try:
+            return await operation
+        except (asyncio.CancelledError, asyncio.InvalidStateError):
+            cut = self._cut()
+            if cut is None:
+                raise
+            raise cut from None
+
     def __await__(self) -> Generator[Any, None, Any]:
         rpc = yield from self._rpc().__await__()
-        return (yield from rpc.__await__())
+        if self._guard is None:
+            return (yield from rpc.__await__())
+        return (yield from self._guarded(rpc).__await__())
 
     async def _iterate(self) -> AsyncIterator[Any]:
         rpc = await self._rpc()
-        async for message in rpc:
+        guard = self._guard
+        if guard is None:
+            async for message in rpc:
+                yield message
+            return
+        while True:
+            message = await self._guarded(rpc.read())
+            if message is grpc.aio.EOF:
+                return
+            guard.response_started()
             yield message
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
 
     async def read(self) -> Any:
-        return await (await self._rpc()).read()
+        message = await self._guarded((await self._rpc()).read())
+        guard = self._guard
+        if guard is not None and message is not grpc.aio.EOF:
+            guard.response_started()
+        return message
 
     async def write(self, request: Any) -> None:
-        await (await self._rpc()).write(request)
+        await self._guarded((await self._rpc()).write(request))
 
     async def done_writing(self) -> None:
-        await (await self._rpc()).done_writing()
+        await self._guarded((await self._rpc()).done_writing())
+        guard = self._guard
+        if guard is not None:
+            guard.request_ended()
 
     async def wait_for_connection(self) -> None:
         await (await self._rpc()).wait_for_connection()
@@ -447,6 +391,9 @@ class _MeshCall:
             if what == "code":
                 return grpc.StatusCode.CANCELLED
             return "Locally cancelled by application!" if what == "details" else None
+        cut = self._cut()
+        if cut is not None and what in ("code", "details"):
+            return getattr(cut, what)()
         return await getattr(rpc, what)()
 
     async def code(self) -> grpc.StatusCode:
@@ -476,7 +423,7 @@ class _MeshCall:
         setup = self._setup
         if setup.cancelled():
             return True
-        if not setup.done() or setup.exception() is not None:
+        if not setup.done() or setup.exception() is not None or self._cut() is not None:
             return False
         return bool(setup.result().cancelled())
 

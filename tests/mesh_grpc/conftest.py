@@ -59,6 +59,7 @@ def _reset(upstreams: dict[str, Any]) -> None:
             upstream.state.requests = 0
             upstream.state.fail_first = 0
             upstream.state.always_code = None
+            upstream.state.abandoned = 0
 
 
 @pytest.fixture(params=["sync", "aio"])

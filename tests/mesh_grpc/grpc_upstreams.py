@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from meshlib._config.source import ConfigSource
-from meshlib._engine.runtime import OutboundRuntime, build_runtime
+from meshlib._engine.runtime import OutboundRuntime, TelemetryHooks, build_runtime
 from meshlib._identity.grpc_credentials import grpc_server_credentials
 from meshlib._identity.rotation import RotatingIdentity
 from meshlib._model.runtime import SystemRandom
@@ -48,6 +48,8 @@ class UpstreamState:
     fail_first: int = 0
     """Answer UNAVAILABLE (trailers-only) to this many calls first."""
     always_code: grpc.StatusCode | None = None
+    abandoned: int = 0
+    """Waits cut short because the client went away."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -70,34 +72,61 @@ def _gate(state: UpstreamState, context: grpc.ServicerContext) -> None:
         context.abort(code, "always failing")
 
 
+def _idle(state: UpstreamState, context: grpc.ServicerContext, seconds: float) -> None:
+    """Wait ``seconds``, or until the client went away (bounded either way)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not context.is_active():
+            with state.lock:
+                state.abandoned += 1
+            return
+        time.sleep(0.01)
+
+
 def handlers(state: UpstreamState) -> grpc.GenericRpcHandler:
     def get(request: bytes, context: grpc.ServicerContext) -> bytes:
         _gate(state, context)
         asked = json.loads(request or b"{}")
-        delay = float(asked.get("delay", 0))
-        if delay:
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and context.is_active():
-                time.sleep(0.01)
+        _idle(state, context, float(asked.get("delay", 0)))
         return json.dumps(_seen(state, context)).encode()
 
     def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         _gate(state, context)
-        count = int(json.loads(request or b"{}").get("count", 5))
-        pause = float(json.loads(request or b"{}").get("pause", 0))
+        asked = json.loads(request or b"{}")
+        count = int(asked.get("count", 5))
+        pause = float(asked.get("pause", 0))
+        _idle(state, context, float(asked.get("first", 0)))  # no headers until the first message
         for index in range(count):
             if pause:
                 time.sleep(pause)
+            if not context.is_active():
+                return
             yield b"%d" % index
 
     def collect(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         _gate(state, context)
-        return b"|".join(requests)
+        words = list(requests)
+        # ``sleep:S`` among the requests: answer S seconds after the request stream ended.
+        for word in words:
+            if word.startswith(b"sleep:"):
+                _idle(state, context, float(word[6:]))
+        return b"|".join(words)
 
     def chat(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         _gate(state, context)
+        tail = (0, 0.0)
         for message in requests:
-            yield state.name.encode() + b":" + message
+            if message.startswith(b"tail:"):
+                # ``tail:N:P``: once the request stream ends, N more messages, P seconds apart.
+                count, _, pause = message[5:].partition(b":")
+                tail = (int(count), float(pause))
+            else:
+                yield state.name.encode() + b":" + message
+        for _ in range(tail[0]):
+            _idle(state, context, tail[1])
+            if not context.is_active():
+                return
+            yield b"tick"
 
     return grpc.method_handlers_generic_handler(
         SERVICE,
@@ -150,6 +179,29 @@ spec:
 """
 
 
+def virtual_service(http: str) -> str:
+    """The ``reviews`` VirtualService with these ``http`` routes (YAML, indented by two)."""
+    return f"""
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+{http}"""
+
+
+def wait_until(check: Any) -> bool:
+    """Poll ``check`` for at most WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def make_runtime(
     text: str,
     identity: RotatingIdentity | None,
@@ -157,9 +209,17 @@ def make_runtime(
     seed: int = 7,
     clock: Any = None,
     sleep: Any = None,
+    inherited_deadline: Any = None,
+    hooks: TelemetryHooks | None = None,
 ) -> OutboundRuntime:
     source = ConfigSource.from_text(text, namespace=NAMESPACE, workload="productpage")
-    kwargs: dict[str, Any] = {"rng": SystemRandom(seed), "clock": clock}
+    kwargs: dict[str, Any] = {
+        "rng": SystemRandom(seed),
+        "clock": clock,
+        "inherited_deadline": inherited_deadline,
+    }
+    if hooks is not None:
+        kwargs["hooks"] = hooks
     if sleep is not None:
         kwargs["sleep"] = sleep
 

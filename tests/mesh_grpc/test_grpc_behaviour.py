@@ -18,6 +18,7 @@ from grpc_upstreams import (
     run_calls,
     service_entry,
 )
+from grpc_upstreams import virtual_service as vs
 
 from meshlib._engine.runtime import OutboundRuntime
 from meshlib._identity.rotation import RotatingIdentity
@@ -46,18 +47,6 @@ SUBSETS = """  subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v2, labels: {version: v2}}
 """
-
-
-def vs(http: str) -> str:
-    return f"""
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: [reviews]
-  http:
-{http}"""
 
 
 def answers(results: list[dict[str, Any] | BaseException]) -> list[dict[str, Any]]:

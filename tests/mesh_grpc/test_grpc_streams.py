@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
-from grpc_upstreams import CHAT, COLLECT, GET, HOST, STREAM, TARGET, Upstream, make_runtime
+from grpc_upstreams import (
+    CHAT,
+    COLLECT,
+    GET,
+    HOST,
+    STREAM,
+    TARGET,
+    Upstream,
+    make_runtime,
+    wait_until,
+)
 from grpc_upstreams import service_entry as entry
 
 from meshlib._engine.runtime import OutboundRuntime
@@ -32,15 +41,6 @@ def limiter(runtime: OutboundRuntime) -> Any:
     target = runtime.cluster_for(runtime.snapshot(), HOST, None, 9080, "reviews")
     assert target is not None
     return target.state.limiter
-
-
-def wait_until(check: Any) -> bool:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def body(**fields: Any) -> bytes:
