@@ -209,3 +209,12 @@ def test_ejection_invariants(
         assert all(until > now - 3.0 * 10 for _, until in detector.ejected())
         healthy = detector.healthy(hosts, now)
         assert len(healthy) + count == len(hosts)
+
+
+def test_a_success_from_a_host_not_seen_before_registers_it() -> None:
+    # The success fast path needs a known host; an unknown one takes the counting path.
+    known, newcomer = Endpoint("10.0.3.1", 80), Endpoint("10.0.3.2", 80)
+    detector = OutlierDetector(OutlierDetection(consecutive_5xx_errors=1), [known], start=0.0)
+    assert not detector.record(newcomer, Classification.SUCCESS, 200, 1.0)
+    assert detector.record(newcomer, Classification.HTTP_5XX, 500, 2.0)  # counted from then on
+    assert detector.is_ejected(newcomer, 2.0)
