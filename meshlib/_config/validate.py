@@ -110,11 +110,6 @@ NOT_ENFORCED: frozenset[str] = frozenset(
         "VirtualService:spec.tcp",
         "VirtualService:spec.tls",
         "VirtualService:spec.http[].corsPolicy",
-        # Mirrors are compiled (``meshlib show``) but no shadow request is sent.
-        "VirtualService:spec.http[].mirror",
-        "VirtualService:spec.http[].mirrors",
-        "VirtualService:spec.http[].mirrorPercentage",
-        "VirtualService:spec.http[].mirrorPercent",
         "VirtualService:spec.http[].delegate",
         "VirtualService:spec.http[].match[].statPrefix",
         "VirtualService:spec.http[].retries.retryRemoteLocalities",

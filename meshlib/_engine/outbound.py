@@ -114,6 +114,14 @@ class Fail:
 
 
 FlowCommand = Send | Sleep | Reply | Deliver | WaitSlot | Fail
+Shape = tuple[
+    tuple[tuple[str, str], ...],
+    tuple[tuple[str, str], ...],
+    tuple[str, ...],
+    str | None,
+    str | None,
+]
+"""What every attempt of a request sends: headers to set, add, remove; path; authority."""
 Flow = Generator[FlowCommand, Outcome | None, None]
 
 
@@ -349,6 +357,9 @@ def outbound_flow(
                     response_ops.remove,
                 )
 
+        shape = (set_headers, ops.add, ops.remove, path, authority)
+        shadows = _shadows(runtime, snapshot, route, call, now, deadline, shape)
+
         # 4. The attempt loop.
         yield from _attempts(
             call,
@@ -362,8 +373,9 @@ def outbound_flow(
             hash_key,
             # Consistent hashing wants the same host again; others prefer untried hosts.
             route.retries.retry_ignore_previous_hosts and consistent is None,
-            (set_headers, ops.add, ops.remove, path, authority),
+            shape,
             response_ops,
+            shadows,
         )
     except GeneratorExit:
         # Closed before an answer reached the caller: the caller went away (Envoy's DC).
@@ -386,17 +398,12 @@ def _attempts(
     caller_deadline: float | None,
     hash_key: int | None,
     exclude_tried: bool,
-    shape: tuple[
-        tuple[tuple[str, str], ...],
-        tuple[tuple[str, str], ...],
-        tuple[str, ...],
-        str | None,
-        str | None,
-    ],
+    shape: Shape,
     response_ops: HeaderOps,
+    shadows: tuple[Attempt, ...],
 ) -> Flow:
     # A plain tuple rather than a template Attempt: frozen dataclasses cost µs to build.
-    set_headers, add_headers, remove_headers, path, authority = shape
+    set_headers = shape[0]
     clock = runtime.clock
     rng = runtime.rng
     state = target.state
@@ -439,28 +446,12 @@ def _attempts(
         request.endpoint = endpoint
         request.attempts = number
         tried.append(endpoint)
-        tls, peers = target.endpoint_tls(endpoint, mtls)
         headers = (*set_headers, (ATTEMPT_COUNT_HEADER, str(number)))
         expected = remaining_ms_header(now, None if timeout is None else now + timeout)
         if expected is not None:
             headers = (*headers, (EXPECTED_TIMEOUT_HEADER, expected))
-        # Positional: keyword passing costs µs on this path (order as declared in Attempt).
-        attempt = Attempt(
-            endpoint,
-            number,
-            timeout,
-            headers,
-            add_headers,
-            remove_headers,
-            path,
-            authority,
-            target.name,
-            tls,
-            peers,
-            None if tls else target.origination,
-            target.connection,
-        )
-        outcome = yield Send(attempt)
+        attempt = _attempt(target, endpoint, number, timeout, headers, shape, mtls)
+        outcome = yield Send(attempt, shadows) if number == 1 else Send(attempt)
         if outcome is None:  # pragma: no cover - a driver bug; fail loudly
             raise RuntimeError("the driver answered Send without an Outcome")
 
@@ -532,6 +523,71 @@ def _attempts(
             response_ops.remove,
         )
         return
+
+
+def _shadows(
+    runtime: OutboundRuntime,
+    snapshot: MeshSnapshot,
+    route: Route,
+    call: Call,
+    now: float,
+    deadline: float | None,
+    shape: Shape,
+) -> tuple[Attempt, ...]:
+    """Envoy's request mirroring: a copy for each mirror its percentage draws, to an endpoint of
+    the mirror's cluster. Fire and forget: no admission, no retries, the answer is dropped (and
+    the caller never waits). A streamed body cannot be read twice: such requests are not
+    mirrored. Current Istio keeps the Host as it is (older ones appended ``-shadow``)."""
+    if not route.mirrors or not call.body_replayable:
+        return ()
+    rng = runtime.rng
+    shadows: list[Attempt] = []
+    for mirror in route.mirrors:
+        if mirror.fraction < 1.0 and rng.random() >= mirror.fraction:
+            continue
+        destination = mirror.destination
+        port = destination.port or call.port
+        target = runtime.cluster_for(
+            snapshot, destination.host, destination.subset, port, destination.host
+        )
+        if target is None:
+            continue  # an undefined subset: Envoy has no cluster to mirror to either
+        endpoint = target.state.pick(rng, now=now)
+        if endpoint is None:
+            continue
+        timeout = attempt_timeout(now, deadline, None)
+        shadows.append(
+            _attempt(target, endpoint, 1, timeout, shape[0], shape, runtime.mtls_available)
+        )
+    return tuple(shadows)
+
+
+def _attempt(
+    target: ClusterTarget,
+    endpoint: Endpoint,
+    number: int,
+    timeout: float | None,
+    set_headers: tuple[tuple[str, str], ...],
+    shape: Shape,
+    mtls: bool,
+) -> Attempt:
+    tls, peers = target.endpoint_tls(endpoint, mtls)
+    # Positional: keyword passing costs µs on this path (order as declared in Attempt).
+    return Attempt(
+        endpoint,
+        number,
+        timeout,
+        set_headers,
+        shape[1],
+        shape[2],
+        shape[3],
+        shape[4],
+        target.name,
+        tls,
+        peers,
+        None if tls else target.origination,
+        target.connection,
+    )
 
 
 def _expired(request: _Request, caller_deadline: float | None) -> Reply | Fail:

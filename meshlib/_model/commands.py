@@ -82,6 +82,8 @@ class Attempt:
 @dataclass(slots=True, eq=False)
 class Send:
     attempt: Attempt
+    shadows: tuple[Attempt, ...] = ()
+    """Mirror copies to send without waiting (first attempt only); their answers are dropped."""
 
 
 @dataclass(frozen=True, slots=True)

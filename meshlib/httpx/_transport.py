@@ -8,9 +8,11 @@ Host header and the ``sni_hostname`` extension.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -49,6 +51,7 @@ from meshlib.httpx._tls import mesh_backend, origination_context
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
+_LOG = logging.getLogger("meshlib.httpx")
 _STALE_RETRIES = 3
 """Idle connections found closed at send time before a new one is used (then a fresh one)."""
 _WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
@@ -61,6 +64,38 @@ def _caller_timeouts(
 ) -> tuple[Mapping[str, float | None] | None, float | None]:
     timeouts: Mapping[str, float | None] | None = request.extensions.get("timeout")
     return timeouts, (timeouts.get("read") if timeouts is not None else None)
+
+
+MAX_MIRRORS_IN_FLIGHT = 64
+"""Mirror copies a transport keeps in flight; more are dropped (the caller never waits)."""
+MIRROR_THREADS = 4
+"""Threads a sync transport sends its mirror copies from."""
+
+
+class _InFlight:
+    """A bounded count that never blocks: ``start`` says no at the bound."""
+
+    __slots__ = ("_count", "_limit", "_lock")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> bool:
+        with self._lock:
+            if self._count >= self._limit:
+                return False
+            self._count += 1
+            return True
+
+    def end(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    @property
+    def count(self) -> int:
+        return self._count
 
 
 class _Base:
@@ -77,6 +112,8 @@ class _Base:
         self._ssl_context = ssl_context
         self._keepalive_expiry = keepalive_expiry
         self._closed = False
+        self._lock = threading.Lock()
+        self._mirrors = _InFlight(MAX_MIRRORS_IN_FLIGHT)
 
     def _system_context(self) -> ssl.SSLContext:
         # Outside-the-mesh https verifies against the system CAs, like plain httpx.
@@ -226,6 +263,7 @@ class MeshTransport(httpx.BaseTransport):
         self._base = _Base(runtime, ssl_context=ssl_context, keepalive_expiry=keepalive_expiry)
         self.runtime = runtime
         self._pools = SyncPools(max_idle_per_endpoint)
+        self._executor: ThreadPoolExecutor | None = None
 
     def _factory(self, key: PoolKey) -> Any:
         context, peers = self._base._tls_for(key)
@@ -264,6 +302,8 @@ class MeshTransport(httpx.BaseTransport):
                     attempt = command.attempt
                     attempts += 1
                     endpoint = attempt.endpoint
+                    if command.shadows:
+                        self._mirror(request, call, command.shadows, timeouts)
                     outcome, pending, error = self._send(request, call, attempt, timeouts)
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
@@ -339,8 +379,54 @@ class MeshTransport(httpx.BaseTransport):
         finally:
             self._pools.release(lease)
 
+    def _mirror(
+        self,
+        request: httpx.Request,
+        call: Call,
+        shadows: tuple[Attempt, ...],
+        timeouts: Mapping[str, float | None] | None,
+    ) -> None:
+        for shadow in shadows:
+            if not self._base._mirrors.start():
+                continue  # too many copies still in flight: drop this one, as Envoy may
+            with self._base._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        MIRROR_THREADS, thread_name_prefix="meshlib-mirror"
+                    )
+                executor = self._executor
+            try:
+                executor.submit(self._shadow, request, call, shadow, timeouts)
+            except RuntimeError:  # closed meanwhile
+                self._base._mirrors.end()
+
+    def _shadow(
+        self,
+        request: httpx.Request,
+        call: Call,
+        attempt: Attempt,
+        timeouts: Mapping[str, float | None] | None,
+    ) -> None:
+        try:
+            outcome, pending, _ = self._send(request, call, attempt, timeouts)
+            if pending is None:
+                _LOG.debug("mirror to %s failed: %s", attempt.endpoint, outcome.detail)
+            else:
+                try:
+                    pending[0].read()  # drained: the connection can serve the next request
+                finally:
+                    self._close(pending)
+        except Exception as error:  # the caller never sees a mirror's failure
+            _LOG.debug("mirror to %s failed: %s", attempt.endpoint, error)
+        finally:
+            self._base._mirrors.end()
+
     def close(self) -> None:
         self._base._closed = True
+        with self._base._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         self._pools.close()
 
     @property
@@ -433,6 +519,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._base = _Base(runtime, ssl_context=ssl_context, keepalive_expiry=keepalive_expiry)
         self.runtime = runtime
         self._pools = AsyncPools(max_idle_per_endpoint)
+        self._mirror_tasks: set[asyncio.Task[None]] = set()
 
     def _factory(self, key: PoolKey) -> Any:
         context, peers = self._base._tls_for(key)
@@ -471,6 +558,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     attempt = command.attempt
                     attempts += 1
                     endpoint = attempt.endpoint
+                    if command.shadows:
+                        self._mirror(request, call, command.shadows, timeouts)
                     outcome, pending, error = await self._send(request, call, attempt, timeouts)
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
@@ -555,8 +644,48 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         finally:
             await self._pools.release(lease)
 
+    def _mirror(
+        self,
+        request: httpx.Request,
+        call: Call,
+        shadows: tuple[Attempt, ...],
+        timeouts: Mapping[str, float | None] | None,
+    ) -> None:
+        if sniffio.current_async_library() != "asyncio":
+            return  # copies need a task that outlives the request: asyncio only
+        loop = asyncio.get_running_loop()
+        for shadow in shadows:
+            if not self._base._mirrors.start():
+                continue  # too many copies still in flight: drop this one, as Envoy may
+            task = loop.create_task(self._shadow(request, call, shadow, timeouts))
+            self._mirror_tasks.add(task)  # a reference until it ends, or it may be collected
+            task.add_done_callback(self._mirror_tasks.discard)
+
+    async def _shadow(
+        self,
+        request: httpx.Request,
+        call: Call,
+        attempt: Attempt,
+        timeouts: Mapping[str, float | None] | None,
+    ) -> None:
+        try:
+            outcome, pending, _ = await self._send(request, call, attempt, timeouts)
+            if pending is None:
+                _LOG.debug("mirror to %s failed: %s", attempt.endpoint, outcome.detail)
+            else:
+                try:
+                    await pending[0].aread()  # drained: the connection can serve the next one
+                finally:
+                    await self._close(pending)
+        except Exception as error:  # the caller never sees a mirror's failure
+            _LOG.debug("mirror to %s failed: %s", attempt.endpoint, error)
+        finally:
+            self._base._mirrors.end()
+
     async def aclose(self) -> None:
         self._base._closed = True
+        for task in list(self._mirror_tasks):
+            task.cancel()
         await self._pools.aclose()
 
     @property

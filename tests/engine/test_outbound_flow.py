@@ -793,3 +793,50 @@ def test_outbound_headers_hook_carries_context_and_route_set_wins() -> None:
     assert seen == [(w.clock.value, w.clock.value + 2.0)]
     w.runtime.hooks = TelemetryHooks(outbound_headers=lambda _s, _d: ())
     assert "traceparent" not in headers_of(drive(w, call()).sends[0])
+
+
+# ------------------------------------------------------------------------------- mirroring
+
+
+def first_send(run: Run) -> Send:
+    sends = [c for c in run.commands if isinstance(c, Send)]
+    return sends[0]
+
+
+def test_mirror_copies_go_with_the_first_attempt_only() -> None:
+    mirror = "    mirror: {host: reviews, subset: v2}\n    retries: {attempts: 2, retryOn: 5xx}\n"
+    route = "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+    w = world(SERVICE + rule() + vs(route + mirror))
+    answers = iter([Outcome(status=503), Outcome(status=200)])
+    run = drive(w, call(), lambda _a: next(answers))
+    sends = [c for c in run.commands if isinstance(c, Send)]
+    assert len(sends) == 2
+    assert [s.endpoint.address for s in sends[0].shadows] == ["10.0.0.2"]
+    assert not sends[0].shadows[0].tls  # no identity in this world: plaintext
+    assert sends[1].shadows == ()  # retries are not mirrored again
+    assert run.deliver.outcome.status == 200
+
+
+def test_mirror_percentage_over_ten_thousand_requests() -> None:
+    spec = (
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+        "    mirror: {host: reviews, subset: v2}\n"
+        "    mirrorPercentage: {value: 25}\n"
+    )
+    w = world(SERVICE + rule() + vs(spec), seed=11)
+    mirrored = sum(bool(first_send(drive(w, call())).shadows) for _ in range(10_000))
+    assert 2300 <= mirrored <= 2700
+
+
+def test_streamed_bodies_and_unknown_subsets_are_not_mirrored() -> None:
+    spec = (
+        "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+        "    mirrors:\n"
+        "    - {destination: {host: reviews, subset: v2}}\n"
+        "    - {destination: {host: reviews, subset: nope}}\n"
+    )
+    w = world(SERVICE + rule() + vs(spec))
+    assert [s.cluster for s in first_send(drive(w, call())).shadows] == [
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    ]
+    assert first_send(drive(w, call(replayable=False))).shadows == ()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -454,3 +456,57 @@ def test_generated_hash_cookie_keeps_a_client_on_one_endpoint(
         assert len(set(names(session))) == 1
         first_upstreams.add(names(session)[0])
     assert first_upstreams == {"v1", "v2"}
+
+
+# ------------------------------------------------------------------------------ mirroring
+
+
+def test_mirror_sends_a_copy_and_the_caller_gets_the_primary(
+    kind: str, upstreams: dict[str, Upstream]
+) -> None:
+    runtime = make_runtime(
+        both(upstreams)
+        + rule(SUBSETS)
+        + vs(
+            "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+            "    mirror: {host: reviews, subset: v2}"
+        )
+    )
+    results = responses(run_requests(kind, runtime, [("POST", f"{URL}/m", {"content": b"x"})] * 5))
+    assert {r.headers["x-upstream"] for r in results} == {"v1"}
+    assert upstreams["v1"].state.requests == 5
+    # The copies are fire and forget: they arrive when they arrive (bounded wait).
+    deadline = time.monotonic() + 10
+    while upstreams["v2"].state.requests < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstreams["v2"].state.requests == 5
+
+
+def test_a_failing_mirror_never_reaches_the_caller(
+    kind: str, upstreams: dict[str, Upstream], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshlib.httpx")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens: every copy fails to connect
+    runtime = make_runtime(
+        both(upstreams)
+        + "\n---\n"
+        + service_entry("dead.default.svc.cluster.local", [(port, {})])
+        + rule(SUBSETS)
+        + vs(
+            "  - route: [{destination: {host: reviews, subset: v1}}]\n"
+            "    mirror: {host: dead.default.svc.cluster.local, port: {number: 9080}}"
+        )
+    )
+    results = responses(run_requests(kind, runtime, [("GET", f"{URL}/", {})] * 3))
+    assert [r.status_code for r in results] == [200, 200, 200]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not failed_mirrors(caplog):
+        time.sleep(0.02)
+    assert failed_mirrors(caplog)  # the copies were sent, failed, and stayed quiet
+
+
+def failed_mirrors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("mirror to")]

@@ -204,3 +204,15 @@ def test_connect_timeout_bounds_the_handshake(kind: str, silent_listener: int) -
     assert response.status_code == 503
     assert "UF" in response.extensions["meshlib"]["flags"]
     assert "upstream connect error" in response.text
+
+
+def test_mirror_copies_in_flight_are_bounded() -> None:
+    from meshlib.httpx._transport import _InFlight
+
+    slots = _InFlight(2)
+    assert slots.start()
+    assert slots.start()
+    assert not slots.start()  # the third copy is dropped, never waited for
+    slots.end()
+    assert slots.start()
+    assert slots.count == 2
