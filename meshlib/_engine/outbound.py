@@ -358,7 +358,9 @@ def outbound_flow(
                 )
 
         shape = (set_headers, ops.add, ops.remove, path, authority)
-        shadows = _shadows(runtime, snapshot, route, call, now, deadline, shape)
+        shadows = (
+            _shadows(runtime, snapshot, route, call, now, deadline, shape) if route.mirrors else ()
+        )
 
         # 4. The attempt loop.
         yield from _attempts(
@@ -538,7 +540,7 @@ def _shadows(
     the mirror's cluster. Fire and forget: no admission, no retries, the answer is dropped (and
     the caller never waits). A streamed body cannot be read twice: such requests are not
     mirrored. Current Istio keeps the Host as it is (older ones appended ``-shadow``)."""
-    if not route.mirrors or not call.body_replayable:
+    if not call.body_replayable:
         return ()
     rng = runtime.rng
     shadows: list[Attempt] = []
