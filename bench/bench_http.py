@@ -1,6 +1,6 @@
 """What the mesh adds to an httpx request, as ratios against bare httpx in the same run.
 
-    python bench/bench_http.py [--requests N] [--rounds R] [--inflight K] [--plaintext]
+    python bench/bench_http.py [--requests N] [--rounds R] [--inflight K] [--plaintext] [--driver]
 
 The upstream is uvicorn in a child process on 127.0.0.1 (so client and server do not share
 a GIL), serving mesh mTLS (STRICT) with an SVID from a throwaway ``LocalCA``. Sync: p50/p99
@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpcore
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,9 +242,13 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=50)
     parser.add_argument("--plaintext", action="store_true", help="no mTLS on either side")
     parser.add_argument("--sync-only", action="store_true")
+    parser.add_argument("--driver", action="store_true", help="no network: the Python layers")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.ca)
+        return
+    if args.driver:
+        driver_only(args.requests, args.rounds)
         return
     with tempfile.TemporaryDirectory() as folder:
         ca = None
@@ -262,6 +267,63 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(10)
+
+
+class _AnsweringConnection(httpcore.HTTPConnection):
+    """An httpcore connection that answers from memory: no socket, no HTTP/1.1 parser."""
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+        return httpcore.Response(
+            200,
+            headers=[(b"content-length", b"2")],
+            content=b"ok",
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_idle(self) -> bool:
+        return True
+
+    def is_closed(self) -> bool:
+        return False
+
+    def has_expired(self) -> bool:
+        return False
+
+
+def driver_only(n: int, rounds: int) -> None:
+    """Client CPU per request without the network, bare and mesh answering from the same
+    in-memory connection: meshlib's code (flow, driver, metrics) less the pool bookkeeping it
+    skips, without the noise of sockets and the other process (nor the cost of the headers)."""
+    httpcore.HTTPConnection.handle_request = _AnsweringConnection.handle_request  # type: ignore[method-assign]
+    for name in ("is_available", "is_idle", "is_closed", "has_expired"):
+        setattr(httpcore.HTTPConnection, name, getattr(_AnsweringConnection, name))
+    setup = Setup(free_port(), None)  # nothing listens: nothing is ever sent
+    bare = httpx.Client()
+    mesh = httpx.Client(transport=MeshTransport(setup.runtime))
+    variants = {"bare": (bare, setup.bare_url), "mesh": (mesh, setup.mesh_url)}
+    for client, url in variants.values():
+        sync_round(client, url, WARMUP)
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds * max(1, n // SYNC_BATCH)):
+        for name, (client, url) in variants.items():
+            start = time.thread_time()
+            sync_round(client, url, SYNC_BATCH)
+            cpu[name].append((time.thread_time() - start) / SYNC_BATCH)
+    us = 1e6
+    low = {name: percentile(samples, 0.1) * us for name, samples in cpu.items()}
+    mid = {name: statistics.median(samples) * us for name, samples in cpu.items()}
+    print(f"no network, client CPU per request, {len(cpu['mesh'])} batches of {SYNC_BATCH}")
+    print(f"  bare httpx.Client      p10 {low['bare']:6.1f} us   median {mid['bare']:6.1f} us")
+    print(f"  MeshTransport          p10 {low['mesh']:6.1f} us   median {mid['mesh']:6.1f} us")
+    print(
+        f"  added                  p10 {low['mesh'] - low['bare']:+6.1f} us   "
+        f"median {mid['mesh'] - mid['bare']:+6.1f} us"
+    )
+    bare.close()
+    mesh.close()
 
 
 def mesh_headers(setup: Setup) -> dict[str, str]:
