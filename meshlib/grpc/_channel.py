@@ -22,10 +22,10 @@ from meshlib._engine.runtime import OutboundRuntime
 from meshlib._identity.rotation import RotatingIdentity
 from meshlib._model.commands import Attempt, Deliver, Send, Sleep
 from meshlib._model.outcome import Outcome
+from meshlib._slots import wait_slot_blocking
 from meshlib.grpc._common import (
     STARTED,
     TIMED_OUT,
-    WAIT_TIMED_OUT,
     ChannelCore,
     Drive,
     MeshRpcError,
@@ -57,23 +57,6 @@ def _sync_channel(address: str, credentials: Any, options: list[tuple[str, Any]]
 
 def _close_channel(channel: Any) -> None:
     channel.close()
-
-
-def _wait_slot(command: WaitSlot) -> Outcome | None:
-    cluster = command.cluster
-    event = threading.Event()
-    waiter = cluster.wait_for_slot(event.set)
-    if waiter.admitted:
-        return None
-    try:
-        woken = event.wait(command.timeout)
-    except BaseException:
-        if not cluster.cancel_wait(waiter):
-            cluster.release()  # handed a slot meanwhile; the flow never learnt it held one
-        raise
-    if woken or not cluster.cancel_wait(waiter):
-        return None
-    return WAIT_TIMED_OUT
 
 
 class _Timer:
@@ -231,7 +214,7 @@ def _drive(run: _Run, send: SendFn, deliver: DeliverFn) -> Any:
                 command = flow.send(None)
             elif type(command) is WaitSlot:
                 run.routed()
-                command = flow.send(_wait_slot(command))
+                command = flow.send(wait_slot_blocking(command))
             else:
                 return deliver(run, run.finish(command))
     finally:

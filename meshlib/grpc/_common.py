@@ -34,7 +34,6 @@ __all__ = [
     "CALLER_DEADLINE",
     "OK",
     "STARTED",
-    "WAIT_TIMED_OUT",
     "ChannelCore",
     "ChannelPool",
     "Drive",
@@ -66,7 +65,6 @@ CALLER_DEADLINE = "Deadline Exceeded"
 OK = Outcome(status=200, grpc_status=0)
 STARTED = Outcome(status=200)
 """An attempt that got response headers (or a stream the caller now holds)."""
-WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
 TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail=UPSTREAM_TIMEOUT_BODY)
 """The mesh's bound on a stream cut it before its response started."""
 _CONNECT_FAILURES = ("failed to connect", "connections to all backends failing")

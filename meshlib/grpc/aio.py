@@ -19,10 +19,10 @@ from meshlib._engine.runtime import OutboundRuntime
 from meshlib._identity.rotation import RotatingIdentity
 from meshlib._model.commands import Attempt, Deliver, Send, Sleep
 from meshlib._model.outcome import Outcome
+from meshlib._slots import wait_slot_async
 from meshlib.grpc._common import (
     STARTED,
     TIMED_OUT,
-    WAIT_TIMED_OUT,
     ChannelCore,
     Drive,
     Metadata,
@@ -65,35 +65,6 @@ def _aio_channel(address: str, credentials: Any, options: list[tuple[str, Any]])
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=options)
     return grpc.aio.secure_channel(address, credentials, options=options)
-
-
-async def _wait_slot(command: WaitSlot) -> Outcome | None:
-    cluster = command.cluster
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def settle() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    def wake() -> None:
-        loop.call_soon_threadsafe(settle)  # a sync client on another thread may hand it over
-
-    waiter = cluster.wait_for_slot(wake)
-    if waiter.admitted:
-        return None
-    try:
-        async with asyncio.timeout(command.timeout):
-            await future
-    except TimeoutError:
-        if cluster.cancel_wait(waiter):
-            return WAIT_TIMED_OUT
-        return None
-    except BaseException:
-        if not cluster.cancel_wait(waiter):
-            cluster.release()  # handed a slot meanwhile; the flow never learnt it held one
-        raise
-    return None
 
 
 class MeshAioChannel(ChannelCore, grpc.aio.Channel):  # type: ignore[misc]
@@ -191,7 +162,7 @@ async def _drive(drive: _AioDrive, send: SendFn) -> Any:
                 command = flow.send(None)
             elif type(command) is WaitSlot:
                 drive.routed()
-                command = flow.send(await _wait_slot(command))
+                command = flow.send(await wait_slot_async(command))
             else:
                 return _deliver(drive, drive.finish(command))
     finally:

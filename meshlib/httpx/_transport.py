@@ -26,6 +26,7 @@ from meshlib._model.call import Call
 from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep, TlsOrigination
 from meshlib._model.endpoint import Endpoint
 from meshlib._model.outcome import FailureKind, Outcome
+from meshlib._slots import wait_slot_async, wait_slot_blocking
 from meshlib.httpx._common import (
     EXTENSION,
     RawHeaders,
@@ -54,7 +55,6 @@ __all__ = ["AsyncMeshTransport", "MeshTransport"]
 _LOG = logging.getLogger("meshlib.httpx")
 _STALE_RETRIES = 3
 """Idle connections found closed at send time before a new one is used (then a fresh one)."""
-_WAIT_TIMED_OUT = Outcome(failure=FailureKind.TIMEOUT, detail="waiting for a connection")
 _HTTPS = b"https"
 _SYSTEM_TLS = "system"
 
@@ -331,7 +331,7 @@ class MeshTransport(httpx.BaseTransport):
                     runtime.sleep(command.seconds)
                     command = flow.send(None)
                 elif isinstance(command, WaitSlot):
-                    command = flow.send(_wait_sync(command))
+                    command = flow.send(wait_slot_blocking(command))
                 else:
                     assert isinstance(command, Fail)
                     raise_for(error, request, command.outcome)
@@ -433,23 +433,6 @@ class MeshTransport(httpx.BaseTransport):
     def connection_count(self) -> int:
         """Open upstream connections (tests and debugging)."""
         return self._pools.connection_count()
-
-
-def _wait_sync(command: WaitSlot) -> Outcome | None:
-    cluster = command.cluster
-    event = threading.Event()
-    waiter = cluster.wait_for_slot(event.set)
-    if waiter.admitted:
-        return None
-    try:
-        woken = event.wait(command.timeout)
-    except BaseException:
-        if not cluster.cancel_wait(waiter):
-            cluster.release()  # handed a slot meanwhile; the flow never learnt it held one
-        raise
-    if woken or not cluster.cancel_wait(waiter):
-        return None
-    return _WAIT_TIMED_OUT
 
 
 # ----------------------------------------------------------------------------------- async
@@ -591,7 +574,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                         await sleep(command.seconds)  # type: ignore[misc]
                     command = flow.send(None)
                 elif isinstance(command, WaitSlot):
-                    command = flow.send(await _wait_async(command))
+                    command = flow.send(await wait_slot_async(command))
                 else:
                     assert isinstance(command, Fail)
                     raise_for(error, request, command.outcome)
@@ -691,57 +674,3 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     @property
     def connection_count(self) -> int:
         return self._pools.connection_count()
-
-
-async def _wait_async(command: WaitSlot) -> Outcome | None:
-    cluster = command.cluster
-    if sniffio.current_async_library() != "asyncio":
-        return await _poll_slot(command)
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[None] = loop.create_future()
-
-    def settle() -> None:
-        if not future.done():
-            future.set_result(None)
-
-    def wake() -> None:
-        # The slot may be handed over by a sync client on another thread.
-        loop.call_soon_threadsafe(settle)
-
-    waiter = cluster.wait_for_slot(wake)
-    if waiter.admitted:
-        return None
-    try:
-        async with asyncio.timeout(command.timeout):
-            await future
-    except TimeoutError:
-        if cluster.cancel_wait(waiter):
-            return _WAIT_TIMED_OUT
-        return None
-    except BaseException:
-        if not cluster.cancel_wait(waiter):
-            cluster.release()  # handed a slot meanwhile; the flow never learnt it held one
-        raise
-    return None
-
-
-POLL_INTERVAL = 0.001
-"""How often a non-asyncio event loop checks whether its queued request was admitted."""
-
-
-async def _poll_slot(command: WaitSlot) -> Outcome | None:
-    cluster = command.cluster
-    waiter = cluster.wait_for_slot(lambda: None)
-    timeout = command.timeout
-    try:
-        with anyio.move_on_after(timeout):
-            while not waiter.admitted:  # noqa: ASYNC110 - the wake may come from another thread
-                await anyio.sleep(POLL_INTERVAL)
-            return None
-    except BaseException:
-        if not cluster.cancel_wait(waiter):
-            cluster.release()
-        raise
-    if cluster.cancel_wait(waiter):
-        return _WAIT_TIMED_OUT
-    return None
