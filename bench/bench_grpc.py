@@ -35,6 +35,16 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _measure import (  # noqa: E402
+    TAIL_WINDOW,
+    free_port,
+    paired_median,
+    paired_tail,
+    percentile,
+    pin_client,
+    server_core,
+)
+
 from meshlib._config.source import ConfigSource  # noqa: E402
 from meshlib._engine.runtime import build_runtime  # noqa: E402
 from meshlib._identity.grpc_credentials import (  # noqa: E402
@@ -89,17 +99,11 @@ def serve(port: int, ca_dir: str | None) -> None:
     server.wait_for_termination()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_server(port: int, ca_dir: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, __file__, "--serve", str(port)]
     if ca_dir is not None:
         command += ["--ca", ca_dir]
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, preexec_fn=server_core)  # noqa: PLW1509
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -154,11 +158,6 @@ spec:
 """
 
 
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def unary_round(call: Any, n: int) -> list[float]:
     samples = []
     for _ in range(n):
@@ -196,6 +195,7 @@ def main() -> None:
         ca = None if ca_dir is None else LocalCA.create(ca_dir)
         port = free_port()
         server = start_server(port, ca_dir)
+        pin_client()
         try:
             run(port, ca, args.calls, args.rounds, args.messages)
         finally:
@@ -221,29 +221,53 @@ def run(port: int, ca: LocalCA | None, n: int, rounds: int, messages: int) -> No
     # added time into what the metadata costs both sides and what meshlib's code costs.
     mesh_metadata = (("x-envoy-attempt-count", "1"), ("x-envoy-expected-rq-timeout-ms", "4999"))
     headed = functools.partial(bare, metadata=mesh_metadata)
-    unary_round(bare, WARMUP)
-    unary_round(headed, WARMUP)
-    unary_round(mesh, WARMUP)
-    bare_samples: list[float] = []
-    headed_samples: list[float] = []
-    mesh_samples: list[float] = []
+    variants: dict[str, Any] = {"bare": bare, "headers": headed, "mesh": mesh}
+    for call in variants.values():
+        unary_round(call, WARMUP)
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    batch_p50: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    # Small alternating batches: load drifting on a shared box hits every variant alike.
     for _ in range(rounds * max(1, n // BATCH)):
-        bare_samples += unary_round(bare, BATCH)
-        headed_samples += unary_round(headed, BATCH)
-        mesh_samples += unary_round(mesh, BATCH)
+        for name, call in variants.items():
+            start = time.thread_time()
+            samples = unary_round(call, BATCH)
+            cpu[name].append((time.thread_time() - start) / BATCH)
+            wall[name].extend(samples)
+            batch_p50[name].append(statistics.median(samples))
     us = 1e6
-    b50, b99 = percentile(bare_samples, 0.5) * us, percentile(bare_samples, 0.99) * us
-    h50 = percentile(headed_samples, 0.5) * us
-    m50, m99 = percentile(mesh_samples, 0.5) * us, percentile(mesh_samples, 0.99) * us
+    p50 = {name: percentile(samples, 0.5) * us for name, samples in wall.items()}
+    p99 = {name: percentile(samples, 0.99) * us for name, samples in wall.items()}
+    cpu50 = {name: statistics.median(samples) * us for name, samples in cpu.items()}
+    paired = {
+        name: paired_median(batch_p50[name], batch_p50["bare"]) * us for name in ("headers", "mesh")
+    }
     mode = "plaintext" if ca is None else "mTLS"
-    print(f"unary, 1 in flight, {len(mesh_samples)} calls per variant ({mode})")
-    print(f"  bare grpc channel      p50 {b50:7.0f} us   p99 {b99:7.0f} us")
-    print(f"  bare + mesh metadata   p50 {h50:7.0f} us")
-    print(f"  MeshChannel            p50 {m50:7.0f} us   p99 {m99:7.0f} us")
-    print(f"  added                  p50 {m50 - b50:+7.0f} us   p99 {m99 - b99:+7.0f} us")
+    print(f"unary, 1 in flight, {len(wall['mesh'])} calls per variant ({mode})")
+    labels = {"bare": "bare grpc channel", "headers": "bare + mesh metadata", "mesh": "MeshChannel"}
+    for name, label in labels.items():
+        print(
+            f"  {label:22s} p50 {p50[name]:7.0f} us   p99 {p99[name]:7.0f} us   "
+            f"client CPU {cpu50[name]:5.0f} us"
+        )
     print(
-        f"  of which the metadata  p50 {h50 - b50:+7.0f} us   "
-        f"meshlib's code p50 {m50 - h50:+7.0f} us"
+        f"  added                  p50 {p50['mesh'] - p50['bare']:+7.0f} us   "
+        f"p99 {p99['mesh'] - p99['bare']:+7.0f} us   client CPU "
+        f"{cpu50['mesh'] - cpu50['bare']:+5.0f} us (median of {BATCH}-call batches)"
+    )
+    print(
+        f"  of which the metadata  p50 {p50['headers'] - p50['bare']:+7.0f} us   "
+        f"meshlib's code p50 {p50['mesh'] - p50['headers']:+7.0f} us"
+    )
+    print(
+        f"  paired (median of per-round batch-median differences): added {paired['mesh']:+.0f} us"
+        f", metadata {paired['headers']:+.0f} us, meshlib's code "
+        f"{paired['mesh'] - paired['headers']:+.0f} us"
+    )
+    tail = paired_tail(wall["mesh"], wall["bare"]) * us
+    print(
+        f"  paired p99 (median over windows of {TAIL_WINDOW} calls per variant of the p99"
+        f" difference): added {tail:+.0f} us"
     )
     bare_stream, mesh_stream = bare_channel.unary_stream(STREAM), mesh_channel.unary_stream(STREAM)
     bare_rates: list[float] = []

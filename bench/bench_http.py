@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import ssl
 import statistics
@@ -32,6 +31,16 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _measure import (  # noqa: E402
+    TAIL_WINDOW,
+    free_port,
+    paired_median,
+    paired_tail,
+    percentile,
+    pin_client,
+    server_core,
+)
 
 from meshlib import Mesh  # noqa: E402
 from meshlib._engine.runtime import OutboundRuntime  # noqa: E402
@@ -83,33 +92,13 @@ def serve(port: int, ca_dir: str | None) -> None:
     Server(app, identity=identity, port=port, mtls_mode="STRICT", http=http_impl()).run()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_server(port: int, ca_dir: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, __file__, "--serve", str(port)]
     if ca_dir is not None:
         command += ["--ca", ca_dir]
-    process = subprocess.Popen(command, preexec_fn=_server_core)  # noqa: PLW1509
+    process = subprocess.Popen(command, preexec_fn=server_core)  # noqa: PLW1509
     wait_for_port(port, process)
     return process
-
-
-def pin_client() -> None:
-    """Client on the first core, upstream on the last (when there are two or more): the
-    scheduler then never moves them onto each other's core mid-measurement."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) >= 2:
-        os.sched_setaffinity(0, {cores[0]})
-
-
-def _server_core() -> None:
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cores) >= 2:
-        os.sched_setaffinity(0, {cores[-1]})
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -164,11 +153,6 @@ spec:
     retries: {{attempts: 2, retryOn: "5xx,connect-failure", perTryTimeout: 2s}}
     route: [{{destination: {{host: bench, subset: v1}}}}]
 """
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def sync_round(client: httpx.Client, url: str, n: int) -> list[float]:
@@ -392,15 +376,17 @@ def run_sync(setup: Setup, n: int, rounds: int) -> tuple[float, float]:
         f"meshlib's code p50 {p50['mesh'] - p50['headers']:+7.0f} us"
     )
     paired = {
-        name: statistics.median(
-            (m - b) * us for m, b in zip(batch_p50[name], batch_p50["bare"], strict=True)
-        )
-        for name in ("headers", "mesh")
+        name: paired_median(batch_p50[name], batch_p50["bare"]) * us for name in ("headers", "mesh")
     }
     code = paired["mesh"] - paired["headers"]
     print(
         f"  paired (median of per-round batch-median differences): added {paired['mesh']:+.0f} us"
         f", headers {paired['headers']:+.0f} us, meshlib's code {code:+.0f} us"
+    )
+    tail = paired_tail(wall["mesh"], wall["bare"]) * us
+    print(
+        f"  paired p99 (median over windows of {TAIL_WINDOW} requests per variant of the p99"
+        f" difference): added {tail:+.0f} us"
     )
     return added50, added99
 

@@ -108,12 +108,12 @@ class Mesh:
         )
 
     def _rotating(self, identity: Any) -> RotatingIdentity | None:
-        from meshlib._identity.ca import LocalCA
-
         if identity is None:
-            return None
+            return None  # plaintext: nothing here may import cryptography
         if isinstance(identity, RotatingIdentity):
             return identity
+        from meshlib._identity.ca import LocalCA
+
         if isinstance(identity, LocalCA):
             identity = identity.source(self.namespace, self.service_account, self.dns_names)
         if not isinstance(identity, IdentitySource):

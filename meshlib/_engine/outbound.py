@@ -134,7 +134,6 @@ class _Request:
         "call",
         "called",
         "cluster",
-        "delivered",
         "done",
         "endpoint",
         "flags",
@@ -162,7 +161,6 @@ class _Request:
         self.attempts = 0
         self.flags: tuple[str, ...] = ()
         self.done = False
-        self.delivered = False
         self.called = False
         self.kept_endpoint: Endpoint | None = None
         self.kept_retry = False
@@ -186,7 +184,6 @@ class _Request:
         self.kept_retry = self.retry_held
         self.endpoint = None
         self.slot_held = self.retry_held = False
-        self.delivered = True
         return self
 
     def __call__(self, outcome: Outcome) -> None:
@@ -263,9 +260,27 @@ def outbound_flow(
     ``caller_timeout`` is the caller's own budget (httpx read timeout, gRPC deadline) in
     seconds; ``inherited_deadline`` an absolute deadline carried from an inbound request.
     """
+    request = _Request(call, runtime, runtime.clock.now())
+    delivered = yield from _decide(
+        call, runtime, request, caller_timeout, inherited_deadline, snapshot
+    )
+    if delivered is not None:
+        # Yielded here, outside every handler: closing the flow after a Deliver (which every
+        # driver does) then unwinds nothing. The Deliver already owns the attempt's permits.
+        yield delivered
+
+
+def _decide(
+    call: Call,
+    runtime: OutboundRuntime,
+    request: _Request,
+    caller_timeout: float | None,
+    inherited_deadline: float | None,
+    snapshot: MeshSnapshot | None,
+) -> Generator[FlowCommand, Outcome | None, Deliver | None]:
+    """Everything up to the answer: a local answer is yielded here, a Deliver returned."""
     clock = runtime.clock
     rng = runtime.rng
-    request = _Request(call, runtime, clock.now())
     try:
         # 1. The host decides everything else; one snapshot for the whole request.
         if snapshot is None:
@@ -273,8 +288,7 @@ def outbound_flow(
         config = snapshot.lookup_host(call.authority, call.port)
         if config is None:
             # Outside the mesh: behave like the plain client (one try, its errors).
-            yield from _passthrough(call, request, caller_timeout)
-            return
+            return (yield from _passthrough(call, request, caller_timeout))
         request.service = config.host
         # Routes carry destination, timeout, retries and faults, so they are matched first.
         table = config.routes
@@ -285,15 +299,15 @@ def outbound_flow(
             matched = match_route(table, call, call.port)
             if matched is None:
                 yield _final(request, NO_ROUTE_REPLY)
-                return
+                return None
             route, match_index = matched
         # Redirects and direct responses are local answers: no destination is involved.
         if route.redirect is not None:
             yield _final(request, redirect_reply(route, match_index, call))
-            return
+            return None
         if route.direct_response is not None:
             yield _final(request, direct_reply(route))
-            return
+            return None
 
         # 2. Faults come before admission: an injected abort spends no pool budget and no
         # outlier statistics (Envoy's fault filter runs before the router).
@@ -308,7 +322,7 @@ def outbound_flow(
             abort = decide_abort(fault, rng, grpc=call.protocol == "grpc")
             if abort is not None:
                 yield _final(request, abort)
-                return
+                return None
 
         # The route timeout starts when routing starts, after the fault delay.
         deadline = overall_deadline(now, route.timeout, None, inherited_deadline)
@@ -326,7 +340,7 @@ def outbound_flow(
         target = runtime.cluster_for(snapshot, destination.host, destination.subset, port, dns_name)
         if target is None:
             yield _final(request, NO_CLUSTER_REPLY)
-            return
+            return None
         request.service = target.service
         request.cluster = target.name
         request.state = target.state
@@ -363,26 +377,27 @@ def outbound_flow(
         )
 
         # 4. The attempt loop.
-        yield from _attempts(
-            call,
-            runtime,
-            request,
-            target,
-            route.retries,
-            now,
-            deadline,
-            caller_deadline,
-            hash_key,
-            # Consistent hashing wants the same host again; others prefer untried hosts.
-            route.retries.retry_ignore_previous_hosts and consistent is None,
-            shape,
-            response_ops,
-            shadows,
+        return (
+            yield from _attempts(
+                call,
+                runtime,
+                request,
+                target,
+                route.retries,
+                now,
+                deadline,
+                caller_deadline,
+                hash_key,
+                # Consistent hashing wants the same host again; others prefer untried hosts.
+                route.retries.retry_ignore_previous_hosts and consistent is None,
+                shape,
+                response_ops,
+                shadows,
+            )
         )
     except GeneratorExit:
         # Closed before an answer reached the caller: the caller went away (Envoy's DC).
-        if not request.delivered:
-            request.report(0, (*request.flags, FLAG_DOWNSTREAM_TERMINATED))
+        request.report(0, (*request.flags, FLAG_DOWNSTREAM_TERMINATED))
         raise
     finally:
         # Whatever an unfinished attempt still holds goes back (errors, cancellation).
@@ -403,7 +418,7 @@ def _attempts(
     shape: Shape,
     response_ops: HeaderOps,
     shadows: tuple[Attempt, ...],
-) -> Flow:
+) -> Generator[FlowCommand, Outcome | None, Deliver | None]:
     # A plain tuple rather than a template Attempt: frozen dataclasses cost µs to build.
     set_headers = shape[0]
     clock = runtime.clock
@@ -423,7 +438,7 @@ def _attempts(
         timeout = attempt_timeout(now, deadline, per_try)
         if deadline is not None and now >= deadline:
             yield _expired(request, caller_deadline)
-            return
+            return None
 
         # Limits before the endpoint: an overflow is answered at once and never retried. Then
         # only non-ejected endpoints (ejection happens in record below, at the same lock).
@@ -432,19 +447,19 @@ def _attempts(
         admission, endpoint = state.begin(rng, hash_key, exclude, now)
         if admission is Admission.OVERFLOW:
             yield _final(request, OVERFLOW_REPLY)
-            return
+            return None
         if admission is Admission.QUEUED:
             waited = yield WaitSlot(state, timeout)
             if waited is not None:
                 yield _expired(request, caller_deadline)
-                return
+                return None
             now = clock.now()
             timeout = attempt_timeout(now, deadline, per_try)
             endpoint = state.pick_and_start(rng, hash_key, exclude, now)
         request.slot_held = True
         if endpoint is None:
             yield _final(request, NO_HEALTHY_UPSTREAM_REPLY)
-            return
+            return None
         request.endpoint = endpoint
         request.attempts = number
         tried.append(endpoint)
@@ -472,7 +487,7 @@ def _attempts(
             # The overall deadline, not the per-try timeout: no more retries.
             request.end_attempt()
             yield _expired(request, caller_deadline)
-            return
+            return None
 
         retry = classification is not Classification.SUCCESS and should_retry(
             policy, outcome, classification, protocol, request_sent=outcome.failure not in _NOT_SENT
@@ -486,7 +501,7 @@ def _attempts(
         elif retry and deadline is not None and now >= deadline:
             # Envoy's timer would have fired before this answer: no time left to retry.
             yield _expired(request, caller_deadline)
-            return
+            return None
         if retry:
             if request.retry_held:  # the previous retry's slot ends with its attempt
                 request.retry_held = False
@@ -505,7 +520,7 @@ def _attempts(
                 yield Sleep(max(deadline - now, 0.0))
                 request.end_attempt()
                 yield _expired(request, caller_deadline)
-                return
+                return None
             yield Sleep(pause)
             continue
 
@@ -515,8 +530,8 @@ def _attempts(
         if failed:
             request.end_attempt()
             yield _final(request, reply_for_failure(outcome))
-            return
-        yield Deliver(
+            return None
+        return Deliver(
             outcome,
             request.handover(),
             request.flags,
@@ -524,7 +539,6 @@ def _attempts(
             response_ops.add,
             response_ops.remove,
         )
-        return
 
 
 def _shadows(
@@ -601,7 +615,9 @@ def _expired(request: _Request, caller_deadline: float | None) -> Reply | Fail:
     return _final(request, UPSTREAM_TIMEOUT_REPLY)
 
 
-def _passthrough(call: Call, request: _Request, caller_timeout: float | None) -> Flow:
+def _passthrough(
+    call: Call, request: _Request, caller_timeout: float | None
+) -> Generator[FlowCommand, Outcome | None, Deliver | None]:
     request.cluster = PASSTHROUGH_CLUSTER
     endpoint = Endpoint(address=call.host, port=call.port)
     request.attempts = 1
@@ -613,6 +629,6 @@ def _passthrough(call: Call, request: _Request, caller_timeout: float | None) ->
     if outcome.failure is not FailureKind.NONE:
         request.report(0, ())
         yield Fail(outcome)
-        return
+        return None
     request.endpoint = endpoint
-    yield Deliver(outcome, request.handover())
+    return Deliver(outcome, request.handover())

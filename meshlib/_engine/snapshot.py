@@ -20,6 +20,7 @@ from meshlib._policy.traffic import DestinationPolicy
 
 DEFAULT_DOMAIN_SUFFIX = "svc.cluster.local"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+MAX_MEMO_AUTHORITIES = 1024
 
 
 class Resolution(enum.Enum):
@@ -188,6 +189,9 @@ class MeshSnapshot:
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX
     _index: Mapping[str, HostConfig] = field(init=False, repr=False)
     _wildcards: Mapping[str, HostConfig] = field(init=False, repr=False)
+    _authorities: dict[str, HostConfig | None] = field(init=False, repr=False)
+    """``lookup_host`` answers for authorities not in the index (``host:port``, unknown
+    hosts): they are parsed once per snapshot."""
 
     def __post_init__(self) -> None:
         index: dict[str, HostConfig] = {}
@@ -207,6 +211,7 @@ class MeshSnapshot:
                     index.setdefault(address.lower(), config)
         object.__setattr__(self, "_index", index)
         object.__setattr__(self, "_wildcards", wildcards)
+        object.__setattr__(self, "_authorities", {})
 
     @classmethod
     def build(
@@ -235,6 +240,16 @@ class MeshSnapshot:
         config = self._index.get(authority)
         if config is not None:
             return config
+        memo = self._authorities
+        if authority in memo:
+            return memo[authority]
+        config = self._lookup(authority)
+        if len(memo) >= MAX_MEMO_AUTHORITIES:
+            memo.clear()  # callers name a few hosts; a bound in case they name many
+        memo[authority] = config
+        return config
+
+    def _lookup(self, authority: str) -> HostConfig | None:
         host, _ = split_authority(authority)
         config = self._index.get(host)
         if config is not None:

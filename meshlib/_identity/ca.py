@@ -29,7 +29,6 @@ from cryptography.x509.oid import NameOID
 
 from meshlib._identity.certs import (
     DEFAULT_WORKLOAD_TTL_SECONDS,
-    PrivateKey,
     Svid,
     authority_key_id_of,
     issue_workload,
@@ -42,6 +41,7 @@ from meshlib._identity.spiffe_id import SpiffeId, SpiffeIdError
 from meshlib.errors import IdentityError
 
 if TYPE_CHECKING:
+    from meshlib._identity.certs import PrivateKey
     from meshlib._identity.sources import CASource
 
 __all__ = [

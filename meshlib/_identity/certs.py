@@ -4,6 +4,10 @@ Workload certificates follow Istio's CA: empty subject, one critical URI SAN (th
 DNS SANs only for servers (grpc clients check a DNS name, never the URI), KeyUsage
 digitalSignature and keyEncipherment, EKU serverAuth and clientAuth, NotBefore two minutes
 back for clock skew. Keys are EC P-256: grpcio refuses Ed25519; RSA-2048 keygen is ~250x slower.
+
+cryptography (~7 MB resident) is imported inside the functions that parse, encode or sign, never
+at module level: ``tls``, ``rotation`` and ``sources`` import this module, and a plaintext mesh
+imports them without ever touching a certificate.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from typing import TYPE_CHECKING, TypeAlias
 
 from meshlib._identity.spiffe_id import SpiffeId, SpiffeIdError
 from meshlib.errors import IdentityError
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+    PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 __all__ = [
     "CLOCK_SKEW_SECONDS",
@@ -43,10 +48,20 @@ DEFAULT_WORKLOAD_TTL_SECONDS = 24 * 3600.0
 CLOCK_SKEW_SECONDS = 120.0
 """Istio backdates NotBefore by two minutes so peers with a slow clock accept a fresh cert."""
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        # ``PrivateKey`` exists at run time too, built on first use (PEP 562).
+        if name == "PrivateKey":
+            from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+            return ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -55,10 +70,14 @@ def _utc(timestamp: float) -> dt.datetime:
 
 
 def _pem_certs(certs: Sequence[x509.Certificate]) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
 def _pem_key(key: PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -118,6 +137,8 @@ class Svid:
         bundle_pem: bytes,
     ) -> Svid:
         """Fast path for a leaf just signed by a known CA: nothing is parsed or encoded twice."""
+        from cryptography.hazmat.primitives import serialization
+
         return cls(
             spiffe_id=spiffe_id,
             cert_chain=(leaf, *intermediates),
@@ -162,6 +183,8 @@ class Svid:
 
 def cert_spiffe_ids(cert: x509.Certificate) -> list[SpiffeId]:
     """The valid SPIFFE IDs among a certificate's URI SANs."""
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -177,6 +200,8 @@ def cert_spiffe_ids(cert: x509.Certificate) -> list[SpiffeId]:
 
 def der_spiffe_id(der: bytes) -> SpiffeId | None:
     """The single SPIFFE ID of a DER certificate, or ``None`` (none, several, or unparsable)."""
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
@@ -186,6 +211,8 @@ def der_spiffe_id(der: bytes) -> SpiffeId | None:
 
 
 def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as error:
@@ -198,6 +225,9 @@ def load_pem_certs(data: bytes, what: str) -> list[x509.Certificate]:
 
 
 def load_pem_key(data: bytes, what: str) -> PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as error:
@@ -241,6 +271,8 @@ def check_chain(
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     if cert.issuer != issuer.subject:
         return False
     try:
@@ -251,6 +283,8 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def authority_key_id_of(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    from cryptography import x509
+
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
 
 
@@ -269,6 +303,10 @@ def issue_workload(
 
     ``authority_key_id`` may be precomputed by a caller that issues many leaves (it hashes the key).
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     current = time.time() if now is None else now
     leaf_key = key or new_key()
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(spiffe_id))]

@@ -13,9 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
-from meshlib._identity.ca import LocalCA
 from meshlib._identity.certs import (
     DEFAULT_WORKLOAD_TTL_SECONDS,
     Svid,
@@ -25,6 +24,10 @@ from meshlib._identity.certs import (
     load_pem_key,
 )
 from meshlib.errors import IdentityError
+
+if TYPE_CHECKING:
+    # Only annotations: LocalCA's module imports cryptography, which a plaintext mesh never needs.
+    from meshlib._identity.ca import LocalCA
 
 __all__ = [
     "DEFAULT_POLL_INTERVAL_SECONDS",

@@ -10,8 +10,6 @@ import threading
 import time
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from meshlib._identity.certs import Svid
 from meshlib._identity.sources import WATCHDOG_INTERVAL_SECONDS, _ThreadedSource, logger
 from meshlib.errors import IdentityError
@@ -22,6 +20,8 @@ DEFAULT_WORKLOAD_API_TIMEOUT_SECONDS = 10.0
 
 
 def _to_svid(context: Any) -> Svid:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     svid = context.default_svid
     key = svid.private_key
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):

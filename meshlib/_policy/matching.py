@@ -52,6 +52,23 @@ class HttpMatch:
     source_labels: Mapping[str, str] = field(default_factory=dict)
     source_namespace: str | None = None
     gateways: frozenset[str] = frozenset()
+    _uri_only: bool = field(init=False, repr=False, compare=False)
+    """Only ``uri`` is set (the common block): one string match decides it."""
+
+    def __post_init__(self) -> None:
+        only = (
+            self.uri is not None
+            and self.scheme is None
+            and self.method is None
+            and self.authority is None
+            and not self.headers
+            and not self.without_headers
+            and not self.query_params
+            and self.port is None
+            and not self.source_labels
+            and self.source_namespace is None
+        )
+        object.__setattr__(self, "_uri_only", only)
 
 
 def match_string(m: StringMatch, value: str | None) -> bool:
@@ -75,6 +92,9 @@ def match_request(m: HttpMatch, call: Call, port: int, path: str | None = None) 
     ``path`` is the normalized ``:path`` without query when the caller normalized it
     (ISTIO-SEMANTICS 5.4); ``None`` matches on ``call.path_only`` as sent.
     """
+    if m._uri_only:
+        assert m.uri is not None
+        return match_string(m.uri, call.path_only if path is None else path)
     if m.port is not None and m.port != port:
         return False
     # Source filters were applied at compile time for this workload; re-check only what the

@@ -7,6 +7,7 @@ from types import MappingProxyType
 import pytest
 
 from meshlib._engine import HostConfig, Location, MeshIdentity, MeshSnapshot, ServiceInfo
+from meshlib._engine import snapshot as snapshot_module
 from meshlib._engine.snapshot import ServicePort
 from meshlib._model.endpoint import Endpoint
 
@@ -89,6 +90,32 @@ def test_short_name_falls_back_to_a_namespace_wildcard(snapshot: MeshSnapshot) -
 def test_ip_authorities_are_not_expanded(snapshot: MeshSnapshot) -> None:
     assert snapshot.lookup_host("[::1]:8080") is None
     assert snapshot.lookup_host("") is None
+
+
+def test_parsed_authorities_are_remembered_per_snapshot(
+    snapshot: MeshSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ``host:port`` and unknown names are parsed once; the second lookup answers from memory.
+    assert snapshot.lookup_host("details:9080").host == "*.default.svc.cluster.local"  # type: ignore[union-attr]
+    assert snapshot.lookup_host("example.org") is None
+    monkeypatch.setattr(snapshot_module, "split_authority", _never)
+    assert snapshot.lookup_host("details:9080").host == "*.default.svc.cluster.local"  # type: ignore[union-attr]
+    assert snapshot.lookup_host("example.org") is None
+    assert snapshot.lookup_host("reviews").host == "reviews.default.svc.cluster.local"  # type: ignore[union-attr]
+
+
+def test_remembered_authorities_are_bounded(
+    snapshot: MeshSnapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_module, "MAX_MEMO_AUTHORITIES", 3)
+    for index in range(7):
+        assert snapshot.lookup_host(f"host{index}.example.org") is None
+        assert len(snapshot._authorities) <= 3
+    assert snapshot.lookup_host("ratings.prod:9080").host == "ratings.prod.svc.cluster.local"  # type: ignore[union-attr]
+
+
+def _never(authority: str) -> tuple[str, int | None]:
+    raise AssertionError(f"{authority!r} parsed again")
 
 
 def test_no_wildcards_means_unknown() -> None:

@@ -8,6 +8,7 @@ registry then holds ``source_app="productpage"``. A plaintext caller forging the
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.extras
 
 HOST = f"reviews.{NAMESPACE}.svc.cluster.local"
 FORGED = "app=mallory;version=v9;workload=mallory-v9"
+RECORD_WAIT = 5.0
 
 
 async def echo_metadata(scope: Scope, receive: Receive, send: Send) -> None:
@@ -34,12 +36,20 @@ async def echo_metadata(scope: Scope, receive: Receive, send: Send) -> None:
     await reply(send, {"metadata": seen})
 
 
-def series(text: str, reporter: str) -> list[str]:
-    return [
-        line
-        for line in text.splitlines()
-        if line.startswith("istio_requests_total{") and f'reporter="{reporter}"' in line
-    ]
+def series(registry: Any, reporter: str) -> list[str]:
+    """The reporter's request series once one exists: the server records a request after its
+    response went out, so the caller can read the registry a moment before that."""
+    deadline = time.monotonic() + RECORD_WAIT
+    while True:
+        text = prometheus_client.generate_latest(registry).decode()
+        found = [
+            line
+            for line in text.splitlines()
+            if line.startswith("istio_requests_total{") and f'reporter="{reporter}"' in line
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -71,7 +81,7 @@ def test_mtls_caller_labels_reach_the_destination_reporter(
     # A trusted peer's metadata reaches the app, as x-envoy-* headers do.
     (sent,) = response.json()["metadata"]
     assert "app=productpage" in sent
-    (line,) = series(prometheus_client.generate_latest(registry).decode(), "destination")
+    (line,) = series(registry, "destination")
     assert 'source_app="productpage"' in line
     assert 'source_version="v1"' in line
     assert 'source_workload="productpage-v1"' in line
@@ -90,7 +100,7 @@ def test_plaintext_forged_metadata_is_stripped_and_ignored(
         response = client.get(f"http://127.0.0.1:{port}/", headers={PEER_METADATA_HEADER: FORGED})
     assert response.status_code == 200
     assert response.json() == {"metadata": []}
-    (line,) = series(prometheus_client.generate_latest(registry).decode(), "destination")
+    (line,) = series(registry, "destination")
     assert 'source_app="unknown"' in line
     assert 'source_workload="unknown"' in line
     assert 'source_version="unknown"' in line

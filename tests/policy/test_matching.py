@@ -255,3 +255,37 @@ def test_without_headers_inverts_headers(kind: MatchKind, expected: str, sent: s
         assert negative == (not match_string(sm, ""))  # missing reads as ""
     else:
         assert negative == (not positive)
+
+
+@given(
+    st.sampled_from([EXACT, PREFIX, REGEX]),
+    st.text(alphabet="/abAB?", max_size=5),
+    st.text(alphabet="/abAB?#", max_size=8),
+    st.booleans(),
+    st.one_of(st.none(), st.text(alphabet="/abAB", max_size=6)),
+)
+def test_uri_only_block_agrees_with_the_general_matcher(
+    kind: MatchKind, expected: str, sent: str, ignore_case: bool, normalized: str | None
+) -> None:
+    # A block with only ``uri`` takes a shortcut; adding a condition every call meets (the
+    # method is always there) takes the general road: both must decide alike.
+    uri = StringMatch(kind, re.escape(expected) if kind is REGEX else expected, None, ignore_case)
+    fast = HttpMatch(uri=uri)
+    general = HttpMatch(uri=uri, method=StringMatch(PRESENT))
+    assert fast._uri_only
+    assert not general._uri_only
+    call = make_call(sent or "/")
+    assert match_request(fast, call, 9080, normalized) == match_request(
+        general, call, 9080, normalized
+    )
+
+
+def test_only_a_lone_uri_takes_the_shortcut() -> None:
+    uri = StringMatch(PREFIX, "/")
+    assert HttpMatch(uri=uri, name="named")._uri_only
+    assert not HttpMatch()._uri_only
+    assert not HttpMatch(uri=uri, port=9080)._uri_only
+    assert not HttpMatch(uri=uri, headers=(("a", StringMatch(PRESENT)),))._uri_only
+    assert not HttpMatch(uri=uri, source_labels={"app": "a"})._uri_only
+    assert not HttpMatch(uri=uri, source_namespace="default")._uri_only
+    assert not HttpMatch(uri=uri, query_params=(("q", StringMatch(PRESENT)),))._uri_only
