@@ -14,6 +14,8 @@ DEFAULT_CONSECUTIVE_LOCAL_ORIGIN_FAILURES = 5
 DEFAULT_INTERVAL = 10.0
 DEFAULT_BASE_EJECTION_TIME = 30.0
 DEFAULT_MAX_EJECTION_PERCENT = 10
+SWEEP_EARLY = 1.0 - 1e-6
+"""Sweeps are looked for a hair before they are due (float rounding), never after."""
 MAX_EJECTION_TIME = 300.0
 """Envoy's ``max_ejection_time``; Istio does not expose it."""
 GATEWAY_STATUSES = frozenset({502, 503, 504})
@@ -74,6 +76,7 @@ class OutlierDetector:
         "_epoch",
         "_healthy_cache",
         "_hosts",
+        "_next_sweep",
         "_tick",
         "_total",
         "ejections_total",
@@ -93,6 +96,7 @@ class OutlierDetector:
         self._total = len(self._hosts)
         self._epoch = start
         self._tick = 0
+        self._next_sweep = -math.inf if start is None else start + settings.interval * SWEEP_EARLY
         self._ejected_count = 0
         self.ejections_total = 0
         """Ejections since creation (Envoy's ``ejections_enforced_total``)."""
@@ -169,7 +173,8 @@ class OutlierDetector:
         be empty: the caller answers 503 UH. The result is cached: the same object comes back
         while nothing changed, so balancers keep their structures.
         """
-        self.sweep(now)
+        if now >= self._next_sweep:  # skips the call between sweeps: this runs per request
+            self.sweep(now)
         if self._ejected_count == 0:
             return endpoints
         cache = self._healthy_cache
@@ -189,11 +194,13 @@ class OutlierDetector:
         epoch = self._epoch
         if epoch is None:
             self._epoch = now
+            self._next_sweep = now + self.settings.interval * SWEEP_EARLY
             return
         tick = math.floor((now - epoch) / self.settings.interval)
         if tick <= self._tick:
             return
         previous, self._tick = self._tick, tick
+        self._next_sweep = epoch + self.settings.interval * (tick + SWEEP_EARLY)
         if self._ejected_count == 0 and not any(h.multiplier for h in self._hosts.values()):
             return
         interval = self.settings.interval

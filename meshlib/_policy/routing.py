@@ -254,6 +254,8 @@ def match_route(
     ``None`` means no route matched: answer ``NO_ROUTE_REPLY`` (404 NR). ``path`` is the
     normalized path when the caller normalized it (see ``match_request``).
     """
+    if path is None:
+        path = call.path_only  # once, not once per match block
     for route in table.routes:
         matches = route.matches
         if not matches:

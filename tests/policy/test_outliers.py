@@ -218,3 +218,40 @@ def test_a_success_from_a_host_not_seen_before_registers_it() -> None:
     assert not detector.record(newcomer, Classification.SUCCESS, 200, 1.0)
     assert detector.record(newcomer, Classification.HTTP_5XX, 500, 2.0)  # counted from then on
     assert detector.is_ejected(newcomer, 2.0)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([None, A, B]),
+            st.sampled_from([C.SUCCESS, C.HTTP_5XX, C.GATEWAY_ERROR]),
+            st.sampled_from([0.0, 0.1, 0.3, 0.7, 1.0, 2.5]),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from([0.1, 0.3, 1.0, 2.0]),
+)
+def test_healthy_skips_sweeps_only_when_none_is_due(
+    steps: list[tuple[Endpoint | None, Classification, float]], interval: float
+) -> None:
+    # healthy() sweeps only once the next tick may be due; a twin forced to sweep on every
+    # call must see exactly the same hosts at every step (None: no request ended meanwhile).
+    settings = OutlierDetection(
+        consecutive_5xx_errors=1,
+        consecutive_gateway_errors=1,
+        interval=interval,
+        base_ejection_time=interval,
+        max_ejection_percent=100,
+        min_health_percent=0,
+    )
+    guarded = OutlierDetector(settings, [A, B], start=0.0)
+    eager = OutlierDetector(settings, [A, B], start=0.0)
+    now = 0.0
+    for endpoint, classification, step in steps:
+        now += step
+        if endpoint is not None:
+            status = 200 if classification is C.SUCCESS else 503
+            guarded.record(endpoint, classification, status, now)
+            eager.record(endpoint, classification, status, now)
+        eager.sweep(now)
+        assert list(guarded.healthy([A, B], now)) == list(eager.healthy([A, B], now))
