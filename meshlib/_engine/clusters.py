@@ -83,6 +83,7 @@ class ClusterState:
         "_general",
         "_groups",
         "_level_cache",
+        "_level_sizes",
         "_levels",
         "_limiter",
         "_lock",
@@ -131,6 +132,7 @@ class ClusterState:
         self.endpoints: tuple[Endpoint, ...] = tuple(e for e in endpoints if e.key not in gone)
         self._detector = None if od is None else OutlierDetector(od, self.endpoints)
         self._levels: tuple[tuple[Endpoint, ...], ...] = plan.levels or (self.endpoints,)
+        self._level_sizes = tuple(len(level) for level in self._levels)
         self._groups = plan.groups
         self._full_groups: tuple[tuple[Sequence[Endpoint], ...], ...] = tuple(
             tuple(group.endpoints for group in level) for level in plan.groups or ()
@@ -317,7 +319,7 @@ class ClusterState:
     ) -> Endpoint | None:
         index = 0
         if len(levels) > 1:
-            loads = priority_loads([len(h) for h in levels], [len(level) for level in self._levels])
+            loads = priority_loads([len(h) for h in levels], self._level_sizes)
             index = choose_priority(loads, rng)
         if self._groups is None:
             return self._balancers[index].pick(

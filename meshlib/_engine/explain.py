@@ -248,7 +248,7 @@ def _cluster(target: ClusterTarget, runtime: OutboundRuntime) -> dict[str, Any]:
         "outlier_detection": to_plain(policy.outlier_detection),
         "load_balancer": to_plain(policy.load_balancer),
         "retry_budget": to_plain(policy.retry_budget),
-        "connect_timeout": target.connect_timeout,
+        "connect_timeout": target.connection.connect_timeout,
         "in_flight": {
             "active": limiter.active,
             "pending": limiter.pending,

@@ -334,8 +334,7 @@ def _decide(
             caller_deadline = None  # the mesh's deadline binds: expiry is a 504 UT
 
         # 3. One weighted destination per request: retries stay inside it.
-        destinations = route.destinations
-        destination = destinations[0] if len(destinations) == 1 else choose_destination(route, rng)
+        destination = choose_destination(route, rng)
         port = destination.port or call.port
         dns_name = call.host if destination.host == config.host else destination.host
         target = runtime.cluster_for(snapshot, destination.host, destination.subset, port, dns_name)
@@ -430,7 +429,7 @@ def _attempts(
     per_try = policy.per_try_timeout
     tried: list[Endpoint] = []
     on_attempt = runtime.hooks.on_attempt
-    mtls = runtime.identity is not None  # runtime.mtls_available, without the property call
+    mtls = runtime.mtls_available
     number = 0
     while True:
         number += 1

@@ -135,17 +135,21 @@ class ClusterTarget:
     """The DestinationRule's ``tls.mode``; ``None`` is auto-mTLS."""
     peers: frozenset[str]
     """SPIFFE IDs every endpoint may present (ServiceEntry and DestinationRule SANs)."""
-    connect_timeout: float
-    close_connections: bool
-    """``maxRequestsPerConnection: 1``: no keep-alive."""
     in_mesh: bool
     connection: ConnectionSettings = DEFAULT_CONNECTION
     """Connect timeout, requests per connection and idle timeout, for the driver's pools."""
     origination: TlsOrigination | None = None
     """DestinationRule ``tls`` SIMPLE or MUTUAL: TLS the driver originates."""
+    close_connections: bool = field(init=False)
+    """``maxRequestsPerConnection: 1``: no keep-alive (read per request, so stored)."""
     _tls_cache: dict[tuple[str, int], tuple[bool, frozenset[str]]] = field(
         default_factory=dict, repr=False
     )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "close_connections", self.connection.max_requests_per_connection == 1
+        )
 
     def endpoint_tls(self, endpoint: Endpoint, mtls_available: bool) -> tuple[bool, frozenset[str]]:
         """Whether to speak mesh mTLS to ``endpoint``, and the peer IDs it may present."""
@@ -315,8 +319,6 @@ class OutboundRuntime:
             policy=policy,
             tls_mode=policy.tls.mode if policy.tls is not None else None,
             peers=frozenset(p if p.startswith("spiffe://") else f"spiffe://{p}" for p in peers),
-            connect_timeout=pool.connect_timeout or DEFAULT_CONNECT_TIMEOUT,
-            close_connections=pool.max_requests_per_connection == 1,
             connection=_connection_settings(pool),
             in_mesh=config is not None
             and (service is None or service.location is Location.MESH_INTERNAL),

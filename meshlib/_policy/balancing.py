@@ -359,9 +359,8 @@ class SlowStart:
         return bool(self._pending)
 
     def factor(self, endpoint: Endpoint) -> float:
-        """The weight factor at the last ``observe``."""
-        joined = self.joined.get(endpoint.key)
-        return 1.0 if joined is None else slow_start_factor(self.warmup, self.now - joined)
+        """The weight factor at the last ``observe`` (which leaves nobody pending)."""
+        return self.factor_at(endpoint, self.now)
 
     def factor_at(self, endpoint: Endpoint, now: float) -> float:
         """The weight factor at ``now``, changing nothing (a pending endpoint is at age 0)."""
