@@ -321,14 +321,16 @@ class ClusterState:
         if len(levels) > 1:
             loads = priority_loads([len(h) for h in levels], self._level_sizes)
             index = choose_priority(loads, rng)
+        # One draw: ``_pick_general`` redraws from the top, so a retry makes at most five
+        # draws in all, as Envoy's host selection retries do.
         if self._groups is None:
             return self._balancers[index].pick(
-                levels[index], rng, hash_key=hash_key, exclude=exclude
+                levels[index], rng, hash_key=hash_key, exclude=exclude, draws=1
             )
         healthy = groups[index]
         local = choose_locality(self._groups[index], [len(g) for g in healthy], rng)
         balancer = self._balancers[self._offsets[index] + local]
-        return balancer.pick(healthy[local], rng, hash_key=hash_key, exclude=exclude)
+        return balancer.pick(healthy[local], rng, hash_key=hash_key, exclude=exclude, draws=1)
 
     def _healthy_levels(
         self, detector: OutlierDetector, now: float

@@ -20,10 +20,13 @@ class Endpoint:
     key: tuple[str, int] = field(init=False, repr=False, compare=False)
     """``(address, port)``: what balancers, detectors and caches index by (read per request,
     so stored rather than built by a property)."""
+    text: str = field(init=False, repr=False, compare=False)
+    """``address:port`` (``[v6]:port``): what ``str`` gives; every response reports it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.address, self.port))
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        object.__setattr__(self, "text", f"{host}:{self.port}")
 
     def __str__(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return self.text

@@ -127,8 +127,10 @@ class Balancer:
         *,
         hash_key: int | None = None,
         exclude: Collection[Endpoint] = (),
+        draws: int = MAX_HOST_SELECTION_ATTEMPTS,
     ) -> Endpoint | None:
-        """An endpoint, preferring ones not in ``exclude`` (up to five picks, like Envoy)."""
+        """An endpoint, preferring ones not in ``exclude``: up to ``draws`` picks (five, like
+        Envoy; one when the caller redraws itself, from priority and locality down)."""
         if not candidates:
             return None
         if candidates is not self._seq:
@@ -136,7 +138,7 @@ class Balancer:
         chosen = self._pick_one(candidates, rng, hash_key)
         if exclude:
             attempts = 1
-            while chosen in exclude and attempts < MAX_HOST_SELECTION_ATTEMPTS:
+            while chosen in exclude and attempts < draws:
                 chosen = self._pick_one(candidates, rng, hash_key)
                 attempts += 1
         return chosen
@@ -400,10 +402,13 @@ class SlowStartBalancer(Balancer):
         *,
         hash_key: int | None = None,
         exclude: Collection[Endpoint] = (),
+        draws: int = MAX_HOST_SELECTION_ATTEMPTS,
     ) -> Endpoint | None:
         if not self._slow.active:
-            return self._plain.pick(candidates, rng, hash_key=hash_key, exclude=exclude)
-        return super().pick(candidates, rng, hash_key=hash_key, exclude=exclude)
+            return self._plain.pick(
+                candidates, rng, hash_key=hash_key, exclude=exclude, draws=draws
+            )
+        return super().pick(candidates, rng, hash_key=hash_key, exclude=exclude, draws=draws)
 
     def _rebuild(self, members: tuple[Endpoint, ...]) -> None:
         self._edf = None
@@ -499,7 +504,9 @@ class _HashBalancer(Balancer):
         *,
         hash_key: int | None = None,
         exclude: Collection[Endpoint] = (),
+        draws: int = MAX_HOST_SELECTION_ATTEMPTS,
     ) -> Endpoint | None:
+        # ``draws`` does not apply: a hash walks past excluded hosts in one pick.
         if not candidates:
             return None
         if candidates is not self._seq:

@@ -127,6 +127,19 @@ def test_a_retry_redraws_the_locality_to_avoid_the_host_it_tried() -> None:
     assert tally[2] > 190  # five draws before giving up: (1/2)^5 of the picks may still be a
 
 
+def test_a_retry_makes_at_most_five_draws_in_all_as_envoy_does() -> None:
+    # Envoy redraws priority, locality and host together, five times at most; the host draw
+    # inside must not redraw on its own (that would be up to 25 draws, and a retry would
+    # almost never land on the tried host again).
+    values = (("app", "x"),)
+    setting = LocalitySetting(failover_priority=("app",), failover_priority_values=values)
+    a, b = at(1, "r1/z1", app="x"), at(2, "r1/z1", app="x")
+    cluster = ClusterState(policy(setting, simple=Simple.RANDOM), [a, b], local_locality=HERE)
+    assert cluster._general
+    tally = picks(cluster, 6400, exclude=[a])
+    assert 120 < tally[1] < 300  # (1/2)^5 of 6400 is 200
+
+
 def test_consistent_hash_uses_priorities_but_not_locality_weights() -> None:
     setting = LocalitySetting(failover=(("r1", "r3"),))
     hashing = ConsistentHash(http_header_name="x")
