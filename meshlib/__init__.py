@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from meshlib._breaker import CircuitBreaker, CircuitOpenError, breakers, circuit_breaker
 from meshlib._mesh import Mesh
 from meshlib._telemetry.instrument import instrument, uninstrument
 from meshlib.errors import ConfigError, IdentityError, MeshError
@@ -19,10 +18,23 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from meshlib import identity as identity
+    from meshlib._breaker import CircuitBreaker as CircuitBreaker
+    from meshlib._breaker import CircuitOpenError as CircuitOpenError
+    from meshlib._breaker import breakers as breakers
+    from meshlib._breaker import circuit_breaker as circuit_breaker
 
 # Subpackages users reach as attributes (meshlib.identity.LocalCA.load("ca/")), imported on first
 # use (PEP 562): meshlib.identity loads cryptography (~7 MB), which a plaintext mesh never needs.
 _LAZY_SUBMODULES = frozenset({"identity"})
+
+# Names imported from a private module on first use (PEP 562), for the same reason: the circuit
+# breakers load pybreaker, which a mesh that only routes requests never needs.
+_LAZY_NAMES = {
+    "CircuitBreaker": "meshlib._breaker",
+    "CircuitOpenError": "meshlib._breaker",
+    "breakers": "meshlib._breaker",
+    "circuit_breaker": "meshlib._breaker",
+}
 
 __all__ = [
     "CircuitBreaker",
@@ -45,8 +57,12 @@ if not TYPE_CHECKING:  # hidden from type checkers, which would then accept any 
         if name in _LAZY_SUBMODULES:
             # import_module binds the submodule in this namespace, so this runs once per name.
             return importlib.import_module(f"{__name__}.{name}")
+        if name in _LAZY_NAMES:
+            value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+            globals()[name] = value  # bound here: later lookups never reach __getattr__
+            return value
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY_SUBMODULES})
+    return sorted({*globals(), *_LAZY_SUBMODULES, *_LAZY_NAMES})

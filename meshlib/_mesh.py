@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from meshlib._breaker import breakers
 from meshlib._config.hosts import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE
 from meshlib._config.issues import ConfigIssue
 from meshlib._config.source import ConfigSource, MeshSettings
 from meshlib._config.watch import ConfigStatus
 from meshlib._engine.runtime import OutboundRuntime, build_runtime
 from meshlib._engine.snapshot import MeshSnapshot
-from meshlib._identity.rotation import RotatingIdentity
-from meshlib._identity.sources import IdentitySource
 from meshlib._policy.paths import (
     DEFAULT_PATH_NORMALIZATION,
     PathNormalization,
@@ -30,6 +28,7 @@ if TYPE_CHECKING:
 
     from meshlib._engine.inbound import InboundHooks
     from meshlib._engine.runtime import TelemetryHooks
+    from meshlib._identity.rotation import RotatingIdentity
     from meshlib._identity.serving import Server
     from meshlib._policy.authz import AuthzRequest
     from meshlib._telemetry.hooks import MeshTelemetry
@@ -109,7 +108,10 @@ class Mesh:
 
     def _rotating(self, identity: Any) -> RotatingIdentity | None:
         if identity is None:
-            return None  # plaintext: nothing here may import cryptography
+            return None  # plaintext: nothing here may import cryptography, nor _identity
+        from meshlib._identity.rotation import RotatingIdentity
+        from meshlib._identity.sources import IdentitySource
+
         if isinstance(identity, RotatingIdentity):
             return identity
         from meshlib._identity.ca import LocalCA
@@ -440,9 +442,17 @@ class Mesh:
     # --- inbound middleware (issue: inbound side) ------------------------------------------
     # (section owned by the inbound work: asgi, wsgi, handler)
 
-    inbound_hooks: InboundHooks | None = None
-    """Server-side telemetry hooks the inbound drivers call; ``None``: only the trace context
-    and deadline are made current (``meshlib.handlers.context_hooks``), nothing is recorded."""
+    @functools.cached_property
+    def inbound_hooks(self) -> InboundHooks | None:
+        """Server-side telemetry hooks the inbound drivers call; ``None``: only the trace context
+        and deadline are made current (``meshlib.handlers.context_hooks``), nothing is recorded.
+
+        :meth:`configure_telemetry` sets them to its own; assigning replaces them.
+        """
+        # Built on first read, then an instance attribute (read per inbound request): a
+        # client-only mesh never builds its inbound telemetry nor loads the inbound flow.
+        telemetry = self._telemetry
+        return None if telemetry is None else telemetry.inbound_hooks
 
     def asgi(self, app: Any, *, exempt_paths: Iterable[str] = ()) -> Any:
         """``app`` (Starlette, FastAPI, any ASGI app) behind PeerAuthentication,
@@ -545,7 +555,6 @@ class Mesh:
         ``access_log``: ``"text"`` (Envoy's default line) or ``"json"`` to the
         ``meshlib.access`` logger, keeping ``access_log_sample`` (0..1) of the requests.
         """
-        from meshlib._telemetry.accesslog import AccessLog
         from meshlib._telemetry.hooks import MeshTelemetry, make_sink
         from meshlib._telemetry.tracing import Tracing
 
@@ -559,6 +568,8 @@ class Mesh:
             raise ValueError(f"access_log must be 'text', 'json' or None, got {access_log!r}")
         log = None
         if access_log is not None:
+            from meshlib._telemetry.accesslog import AccessLog
+
             log = AccessLog("json" if access_log == "json" else "text", sample=access_log_sample)
         telemetry = MeshTelemetry(
             sink=sink,
@@ -574,7 +585,7 @@ class Mesh:
         self._watch_state(telemetry)
         self._telemetry = telemetry  # first: building the runtime asks for these hooks
         self.runtime.hooks = telemetry.outbound_hooks  # clients built earlier switch too
-        self.inbound_hooks = telemetry.inbound_hooks
+        self.__dict__.pop("inbound_hooks", None)  # the next read gives telemetry.inbound_hooks
 
     @property
     def telemetry(self) -> MeshTelemetry:
@@ -635,8 +646,11 @@ class Mesh:
             if identity is not None:
                 sink.certificate_expiry(identity.svid.not_after)
             # Circuit breakers (meshlib.circuit_breaker) by name, as they are at scrape time.
-            for name, breaker in breakers().items():
-                sink.breaker_state(name, breaker.state)
+            # None exist until meshlib._breaker is loaded: a scrape does not load pybreaker.
+            module = sys.modules.get("meshlib._breaker")
+            if module is not None:
+                for name, breaker in module.breakers().items():
+                    sink.breaker_state(name, breaker.state)
 
         on_collect(refresh)
 

@@ -7,7 +7,6 @@ timeout — and if the slot arrived while giving up, keep it or hand it back.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import anyio
@@ -46,6 +45,9 @@ async def wait_slot_async(command: WaitSlot) -> Outcome | None:
     cluster = command.cluster
     if sniffio.current_async_library() != "asyncio":
         return await _poll_slot(command)
+    # Imported here (already loaded: we run on its loop), so sync-only clients never load it.
+    import asyncio
+
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
 

@@ -1,7 +1,9 @@
 """A plaintext mesh never loads what it does not use: cryptography waits for a certificate,
-watchfiles for a file watch.
+watchfiles for a file watch, and a client that only sends requests never loads the server side,
+the identity machinery, the explainer, the access log or the circuit breakers (each costs
+resident memory in every process that imports meshlib).
 
-Each case runs in a fresh interpreter, since this process has long imported both.
+Each case runs in a fresh interpreter, since this process has long imported them all.
 """
 
 from __future__ import annotations
@@ -48,9 +50,44 @@ spec:
 
 LAZY = ("cryptography", "watchfiles")
 
+CLIENT_LAZY = (
+    "pybreaker",
+    "meshlib._breaker",
+    "meshlib._engine.inbound",
+    "meshlib._engine.explain",
+    "meshlib._config.show",
+    "meshlib._telemetry.accesslog",
+    "meshlib._identity",
+)
+"""Modules (and packages: their submodules too) that the client-only path must not load."""
+
+UPSTREAM = """
+import http.server, threading
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=upstream.serve_forever, daemon=True).start()
+PORT = upstream.server_address[1]
+
+def loaded(names):
+    return sorted(
+        m for m in sys.modules for name in names if m == name or m.startswith(name + ".")
+    )
+"""
+
 
 def run(code: str) -> None:
-    prelude = f"import sys\nCONFIG = {CONFIG!r}\nLAZY = {LAZY!r}\n"
+    prelude = f"import sys\nCONFIG = {CONFIG!r}\nLAZY = {LAZY!r}\nCLIENT_LAZY = {CLIENT_LAZY!r}\n"
+    prelude += UPSTREAM
     result = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code)],
         capture_output=True,
@@ -111,4 +148,91 @@ def test_identity_still_resolves_as_an_attribute_and_by_from_import() -> None:
         assert mesh.identity is not None
         assert mesh.identity.svid.spiffe_id.trust_domain == "example.org"
         mesh.close()
+    """)
+
+
+def test_client_only_mesh_loads_no_server_identity_explain_accesslog_or_breaker() -> None:
+    run("""
+        import meshlib
+
+        assert not loaded(CLIENT_LAZY), f"import meshlib loaded {loaded(CLIENT_LAZY)}"
+        mesh = meshlib.Mesh.from_text(
+            CONFIG.replace("number: 9080", f"number: {PORT}"), namespace="default"
+        )
+        with mesh.http_client() as client:
+            for _ in range(3):
+                response = client.get(f"http://reviews:{PORT}/", timeout=10)
+                assert response.status_code == 200, response
+                assert response.text == "ok"
+        assert not loaded(CLIENT_LAZY), f"a client-only mesh loaded {loaded(CLIENT_LAZY)}"
+        mesh.close()
+        upstream.shutdown()
+    """)
+
+
+def test_circuit_breaker_names_load_pybreaker_on_first_use() -> None:
+    run("""
+        import meshlib
+
+        assert "pybreaker" not in sys.modules
+        assert {"CircuitBreaker", "CircuitOpenError", "breakers", "circuit_breaker"} <= set(
+            dir(meshlib)
+        )
+        from meshlib import CircuitBreaker, CircuitOpenError
+
+        assert "pybreaker" in sys.modules
+        breaker = meshlib.circuit_breaker("lazy-db", fail_max=1)
+        assert isinstance(breaker, CircuitBreaker)
+        assert meshlib.breakers()["lazy-db"] is breaker
+        assert issubclass(CircuitOpenError, meshlib.MeshError)
+        assert meshlib.CircuitBreaker is CircuitBreaker
+    """)
+
+
+def test_explain_access_log_and_inbound_hooks_load_on_first_use() -> None:
+    run("""
+        import logging
+
+        import meshlib
+
+        mesh = meshlib.Mesh.from_text(CONFIG, namespace="default")
+        mesh.configure_telemetry(metrics=None)
+        assert not loaded(["meshlib._engine.explain", "meshlib._telemetry.accesslog"])
+        assert "meshlib._engine.inbound" not in sys.modules
+        explained = mesh.explain("GET", "http://reviews:9080/")
+        assert "reviews.default.svc.cluster.local" in str(explained)
+        assert "meshlib._engine.explain" in sys.modules
+
+        hooks = mesh.inbound_hooks
+        assert hooks is mesh.telemetry.inbound_hooks is mesh._inbound_hooks()
+        assert hooks is not None and hooks.on_request is not None
+        from meshlib._engine.inbound import InboundHooks
+
+        assert isinstance(hooks, InboundHooks)
+        mesh.inbound_hooks = None
+        assert mesh.inbound_hooks is None
+        mesh.configure_telemetry(metrics=None)
+        assert isinstance(mesh.inbound_hooks, InboundHooks)
+
+        lines = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                lines.append(record.getMessage())
+
+        logging.getLogger("meshlib.access").addHandler(Keep())
+        logging.getLogger("meshlib.access").setLevel(logging.INFO)
+        assert "meshlib._telemetry.accesslog" not in sys.modules
+        mesh.configure_telemetry(metrics=None, access_log="text")
+        assert "meshlib._telemetry.accesslog" in sys.modules
+        served = meshlib.Mesh.from_text(
+            CONFIG.replace("number: 9080", f"number: {PORT}"), namespace="default"
+        )
+        served.configure_telemetry(metrics=None, access_log="json")
+        with served.http_client() as client:
+            assert client.get(f"http://reviews:{PORT}/a", timeout=10).status_code == 200
+        assert any('"/a"' in line for line in lines), lines
+        served.close()
+        mesh.close()
+        upstream.shutdown()
     """)

@@ -80,6 +80,14 @@ DEFAULT_TLS_MODE = "DISABLE"
 PSEUDO_HEADER_KEYS = frozenset({"uri", "scheme", "method", "authority"})
 """Header-match keys Istio ignores (they have dedicated fields)."""
 RETRIABLE_STATUS_CODES = "retriable-status-codes"
+_NO_NAMES: frozenset[str] = frozenset()
+"""Shared by every empty set of names (each ``frozenset()`` call makes a new 216-byte object)."""
+_NO_CODES: frozenset[int] = frozenset()
+
+
+def _names(values: Iterable[str] | None) -> frozenset[str]:
+    return frozenset(values) if values else _NO_NAMES
+
 
 GRPC_STATUS_CODES: Mapping[str, int] = MappingProxyType(
     {
@@ -120,6 +128,16 @@ class _Context:
     identity: MeshIdentity
     issues: list[ConfigIssue] = field(default_factory=list)
     root_namespace: str = ROOT_NAMESPACE
+    _labels: dict[frozenset[tuple[str, str]], Mapping[str, str]] = field(default_factory=dict)
+
+    def labels(self, labels: Mapping[str, str] | None) -> Mapping[str, str]:
+        """A read-only copy of ``labels``, one per distinct label set in the snapshot: replicas
+        and ports of a workload, and the subsets of many rules (``version: v1``), share it."""
+        key = frozenset((labels or {}).items())
+        found = self._labels.get(key)
+        if found is None:
+            found = self._labels[key] = MappingProxyType(dict(labels or {}))
+        return found
 
     def report(
         self, res: LoadedResource, path: str, message: str, code: str, *, error: bool = False
@@ -317,7 +335,7 @@ def _compile_services(
             addresses=tuple(spec.addresses or ()),
             location=Location(spec.location or Location.MESH_EXTERNAL.value),
             resolution=resolution,
-            subject_alt_names=frozenset(spec.subject_alt_names or ()),
+            subject_alt_names=_names(spec.subject_alt_names),
             namespace=res.namespace,
             source=_ref(res),
         )
@@ -361,7 +379,7 @@ def _service_endpoints(
                 Endpoint(
                     address=entry.address,
                     port=mapped or default_port,
-                    labels=MappingProxyType(dict(entry.labels or {})),
+                    labels=ctx.labels(entry.labels),
                     weight=entry.weight or 1,
                     locality=entry.locality or "",
                     service_account=spiffe_id(ctx.identity.trust_domain, namespace, sa)
@@ -595,8 +613,8 @@ def compile_retry_policy(
     return retries.RetryPolicy(
         attempts=retry.attempts,
         per_try_timeout=parse("perTryTimeout", retry.per_try_timeout),
-        retry_on=frozenset(retry_on),
-        retriable_status_codes=frozenset(codes),
+        retry_on=_names(retry_on),
+        retriable_status_codes=frozenset(codes) if codes else _NO_CODES,
         backoff_base=retries.DEFAULT_BACKOFF_BASE if backoff is None else backoff,
         retry_remote_localities=bool(retry.retry_remote_localities),
         retry_ignore_previous_hosts=retry.retry_ignore_previous_hosts is not False,
@@ -844,7 +862,7 @@ def _merge_rules(ctx: _Context, host: str, rules: Sequence[_Rule]) -> Destinatio
                 policy = compile_traffic_policy(ctx, rule.res, path, subset.traffic_policy)
             subsets[subset.name] = Subset(
                 name=subset.name,
-                labels=MappingProxyType(dict(subset.labels or {})),
+                labels=ctx.labels(subset.labels),
                 traffic_policy=policy,
             )
     return DestinationPolicy(
@@ -1060,7 +1078,7 @@ def _client_tls(tls: r.ClientTLSSettings | None) -> ClientTls | None:
         return None
     return ClientTls(
         mode=tls.mode or DEFAULT_TLS_MODE,
-        subject_alt_names=frozenset(tls.subject_alt_names or ()),
+        subject_alt_names=_names(tls.subject_alt_names),
         sni=tls.sni,
         client_certificate=tls.client_certificate,
         private_key=tls.private_key,

@@ -115,7 +115,9 @@ class ClusterState:
         self._limiter = Limiter(
             policy.connection_pool, policy.retry_budget, multiplexed=multiplexed
         )
-        self._waiters: deque[Waiter] = deque()
+        # Made by the first request that has to wait: most clusters never queue, and an empty
+        # deque holds a 64-slot block (~600 bytes) per cluster.
+        self._waiters: deque[Waiter] | None = None
         od = policy.outlier_detection
         settings = policy.load_balancer
         # Istio programs locality failover only when outlier detection is configured.
@@ -176,10 +178,13 @@ class ClusterState:
         already be True, and then ``wake`` is not called."""
         waiter = Waiter(wake)
         with self._lock:
-            if not self._waiters and self._limiter.promote():
+            waiters = self._waiters
+            if not waiters and self._limiter.promote():
                 waiter.admitted = True
             else:
-                self._waiters.append(waiter)
+                if waiters is None:
+                    waiters = self._waiters = deque()
+                waiters.append(waiter)
         return waiter
 
     def cancel_wait(self, waiter: Waiter) -> bool:
@@ -188,8 +193,10 @@ class ClusterState:
         with self._lock:
             if waiter.admitted:
                 return False
+            waiters = self._waiters
+            assert waiters is not None  # not admitted: it queued, so the deque exists
             try:
-                self._waiters.remove(waiter)
+                waiters.remove(waiter)
             except ValueError:  # pragma: no cover - admitted is set under the same lock
                 return False
             self._limiter.abandon()

@@ -50,6 +50,9 @@ TLS_MODE_ISTIO = "istio"
 ISTIO_MUTUAL = "ISTIO_MUTUAL"
 ORIGINATING_MODES = frozenset({"SIMPLE", "MUTUAL"})
 """DestinationRule ``tls`` modes in which the client originates TLS to a non-mesh server."""
+_NO_PEERS: frozenset[str] = frozenset()
+"""Shared by every target and endpoint with no SPIFFE IDs to check (each ``frozenset()`` is a new
+216-byte object)."""
 
 
 class SnapshotSource(Protocol):
@@ -168,7 +171,7 @@ class ClusterTarget:
         peers = self.peers
         if use and endpoint.service_account:
             peers = peers | {endpoint.service_account}  # compiled as a full spiffe:// URI
-        result = (use, peers if use else frozenset())
+        result = (use, peers if use else _NO_PEERS)
         self._tls_cache[endpoint.key] = result
         return result
 
@@ -287,11 +290,11 @@ class OutboundRuntime:
         fqdn = config.host if config is not None and not config.host.startswith("*") else host
         spec = ClusterSpec(policy, endpoints, local_locality=_local_locality(snapshot))
         state = self.clusters.get_or_create((fqdn, subset, port), spec)
-        peers: frozenset[str] = frozenset()
+        peers: frozenset[str] = _NO_PEERS
         service = config.service if config is not None else None
-        if service is not None:
+        if service is not None and service.subject_alt_names:
             peers = peers | service.subject_alt_names
-        if policy.tls is not None:
+        if policy.tls is not None and policy.tls.subject_alt_names:
             peers = peers | policy.tls.subject_alt_names
         pool = policy.connection_pool
         tls = policy.tls
@@ -318,7 +321,9 @@ class OutboundRuntime:
             state=state,
             policy=policy,
             tls_mode=policy.tls.mode if policy.tls is not None else None,
-            peers=frozenset(p if p.startswith("spiffe://") else f"spiffe://{p}" for p in peers),
+            peers=frozenset(p if p.startswith("spiffe://") else f"spiffe://{p}" for p in peers)
+            if peers
+            else _NO_PEERS,
             connection=_connection_settings(pool),
             in_mesh=config is not None
             and (service is None or service.location is Location.MESH_INTERNAL),

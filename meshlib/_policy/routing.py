@@ -170,6 +170,9 @@ class HeaderPlan:
     """From ``:authority``/``host`` in a request ``set``/``add``: an authority rewrite."""
 
 
+_NO_HEADER_PLAN = HeaderPlan(_EMPTY_OPS, _EMPTY_OPS, None)
+
+
 def _merge(first: HeaderOps, second: HeaderOps) -> HeaderOps:
     if not (second.set or second.add or second.remove):
         return first
@@ -182,6 +185,8 @@ def _merge(first: HeaderOps, second: HeaderOps) -> HeaderOps:
 
 
 def _plan(route: HeaderRules | None, destination: HeaderRules | None) -> HeaderPlan:
+    if route is None and destination is None:
+        return _NO_HEADER_PLAN  # most routes: one shared plan, not one per route and destination
     request = _merge(
         route.request if route is not None else _EMPTY_OPS,
         destination.request if destination is not None else _EMPTY_OPS,

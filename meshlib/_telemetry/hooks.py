@@ -27,10 +27,8 @@ from urllib.parse import quote, unquote
 
 from opentelemetry import trace
 
-from meshlib._engine.inbound import InboundHooks, InboundRecord
 from meshlib._engine.runtime import PASSTHROUGH_CLUSTER, RequestRecord, TelemetryHooks
 from meshlib._model.outcome import Classification
-from meshlib._telemetry.accesslog import AccessLog, AccessRecord
 from meshlib._telemetry.context import (
     InboundContext,
     InboundToken,
@@ -53,11 +51,15 @@ from meshlib._telemetry.metrics import (
 from meshlib._telemetry.tracing import MeshSpan, Tracing
 
 if TYPE_CHECKING:
+    # The inbound flow and the access log are loaded by what uses them (a server, an access
+    # log), not by a client's telemetry.
     from meshlib._engine.clusters import ClusterRegistry
+    from meshlib._engine.inbound import InboundHooks, InboundRecord
     from meshlib._model.call import Call, Peer
     from meshlib._model.commands import Attempt
     from meshlib._model.endpoint import Endpoint
     from meshlib._model.outcome import Outcome
+    from meshlib._telemetry.accesslog import AccessLog
 
 __all__ = [
     "PEER_METADATA_HEADER",
@@ -427,6 +429,8 @@ class OutboundTelemetry:
         )
 
     def _log(self, record: RequestRecord, duration_ms: float, request_bytes: int) -> None:
+        from meshlib._telemetry.accesslog import AccessRecord  # loaded with the AccessLog
+
         log = self.access_log
         assert log is not None
         call = record.call
@@ -528,6 +532,8 @@ class InboundTelemetry:
         service: str,
         access_log: AccessLog | None = None,
     ) -> None:
+        from meshlib._engine.inbound import InboundHooks
+
         self.sink = sink
         self.tracing = tracing
         self.destination = destination
@@ -616,6 +622,8 @@ class InboundTelemetry:
         request_bytes: int,
         ctx: InboundContext | None,
     ) -> None:
+        from meshlib._telemetry.accesslog import AccessRecord  # loaded with the AccessLog
+
         log = self.access_log
         assert log is not None
         call = record.call
@@ -747,9 +755,21 @@ class CounterSync:
 
 
 class MeshTelemetry:
-    """A Mesh's telemetry: one sink and tracing settings shared by both directions."""
+    """A Mesh's telemetry: one sink and tracing settings shared by both directions.
 
-    __slots__ = ("access_log", "inbound", "outbound", "sink", "tracing")
+    The inbound side is built on first use: a client-only process never loads the inbound flow.
+    """
+
+    __slots__ = (
+        "_inbound",
+        "_lock",
+        "_own",
+        "_service",
+        "access_log",
+        "outbound",
+        "sink",
+        "tracing",
+    )
 
     def __init__(
         self,
@@ -776,9 +796,27 @@ class MeshTelemetry:
         self.outbound = OutboundTelemetry(
             sink, tracing, source=own, access_log=access_log, clusters=clusters
         )
-        self.inbound = InboundTelemetry(
-            sink, tracing, destination=own, service=service, access_log=access_log
-        )
+        self._own = own
+        self._service = service
+        self._inbound: InboundTelemetry | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def inbound(self) -> InboundTelemetry:
+        inbound = self._inbound
+        if inbound is None:
+            with self._lock:  # one InboundTelemetry (one edge cache) even if threads race here
+                inbound = self._inbound
+                if inbound is None:
+                    inbound = InboundTelemetry(
+                        self.sink,
+                        self.tracing,
+                        destination=self._own,
+                        service=self._service,
+                        access_log=self.access_log,
+                    )
+                    self._inbound = inbound
+        return inbound
 
     @property
     def outbound_hooks(self) -> TelemetryHooks:

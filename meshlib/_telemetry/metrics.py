@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -37,6 +37,9 @@ REPORTER_DESTINATION: Final = "destination"
 MUTUAL_TLS: Final = "mutual_tls"
 NO_TLS: Final = "none"
 DEFAULT_MAX_SERIES: Final = 10_000
+FOLD_AT: Final = 256
+"""Request observations a ``PrometheusSink`` queues before folding them into their series: the
+request that fills the queue folds it (~0.2 ms here, once per 256 requests: beyond p99)."""
 """Label sets kept per sink; beyond it the least recently used series is dropped."""
 
 ISTIO_BUCKETS: Final[tuple[float, ...]] = (
@@ -425,8 +428,9 @@ class _LabelStore:
 class _IstioCollector:
     """Exposes the series of a ``PrometheusSink`` in the text format at scrape time."""
 
-    def __init__(self, store: _LabelStore) -> None:
+    def __init__(self, store: _LabelStore, fold: Callable[[], None]) -> None:
         self._store = store
+        self._fold = fold
         self.before: list[Callable[[], object]] = []
         """Run first at each scrape: state read then instead of on the hot path."""
 
@@ -443,6 +447,7 @@ class _IstioCollector:
                 refresh()
             except Exception:  # a scrape must not fail because one gauge could not be read
                 logger.exception("meshlib metrics refresh failed")
+        self._fold()
         labels = list(ISTIO_LABELS)
         requests = CounterMetricFamily(REQUESTS_TOTAL, "Requests (Istio standard).", labels=labels)
         duration = HistogramMetricFamily(
@@ -497,7 +502,11 @@ class PrometheusSink:
 
         self.registry: Any = CollectorRegistry() if registry is None else registry
         self._store = _LabelStore(max_series)
-        self._collector = _IstioCollector(self._store)
+        # Requests only queue their observation (one append, safe across threads without a
+        # lock); they are folded into the series in batches, and before every scrape.
+        self._pending: deque[tuple[RequestLabels, float, int, int]] = deque()
+        self._fold_lock = threading.Lock()
+        self._collector = _IstioCollector(self._store, self._fold)
         self.registry.register(self._collector)
         reg = self.registry
         self._retries = Counter(
@@ -531,6 +540,7 @@ class PrometheusSink:
 
     @property
     def series_count(self) -> int:
+        self._fold()
         return len(self._store)
 
     def on_collect(self, refresh: Callable[[], object]) -> None:
@@ -540,16 +550,43 @@ class PrometheusSink:
     def request(
         self, labels: RequestLabels, duration_ms: float, request_bytes: int, response_bytes: int
     ) -> None:
-        series = self._store.get(labels)
-        bucket = bisect.bisect_left
-        with series.lock:
-            series.requests += 1
-            series.duration[bucket(ISTIO_BUCKETS, duration_ms)] += 1
-            series.duration_sum += duration_ms
-            series.request_bytes[bucket(ISTIO_BUCKETS, request_bytes)] += 1
-            series.request_bytes_sum += request_bytes
-            series.response_bytes[bucket(ISTIO_BUCKETS, response_bytes)] += 1
-            series.response_bytes_sum += response_bytes
+        pending = self._pending
+        pending.append((labels, duration_ms, request_bytes, response_bytes))
+        if len(pending) >= FOLD_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Adds the queued observations to their series (popleft never loses a concurrent
+        append: what arrives meanwhile is folded now or by the next fold)."""
+        pending = self._pending
+        with self._fold_lock:
+            batch: dict[RequestLabels, list[tuple[RequestLabels, float, int, int]]] = {}
+            while pending:
+                item = pending.popleft()
+                # Re-inserted: label sets fold in order of last use, as recency evicts them.
+                group = batch.pop(item[0], None)
+                if group is None:
+                    group = []
+                group.append(item)
+                batch[item[0]] = group
+            get = self._store.get
+            bucket = bisect.bisect_left
+            for labels, items in batch.items():
+                series = get(labels)
+                duration, request_bytes, response_bytes = (
+                    series.duration,
+                    series.request_bytes,
+                    series.response_bytes,
+                )
+                with series.lock:
+                    series.requests += len(items)
+                    for _, duration_ms, sent, received in items:
+                        duration[bucket(ISTIO_BUCKETS, duration_ms)] += 1
+                        series.duration_sum += duration_ms
+                        request_bytes[bucket(ISTIO_BUCKETS, sent)] += 1
+                        series.request_bytes_sum += sent
+                        response_bytes[bucket(ISTIO_BUCKETS, received)] += 1
+                        series.response_bytes_sum += received
 
     def messages(
         self, labels: RequestLabels, request_messages: int, response_messages: int

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from meshlib._engine.explain import explain_call
-from meshlib._engine.runtime import OutboundRuntime
 from meshlib.httpx._common import build_call
+
+if TYPE_CHECKING:
+    from meshlib._engine.runtime import OutboundRuntime
 
 __all__ = ["explain_request"]
 
@@ -28,6 +29,9 @@ def explain_request(
     Nothing is sent and no state changes; see docs/traffic.md ("Explain") for the keys.
     The caller's own timeout is read from ``request.extensions["timeout"]`` when present.
     """
+    # Loaded on first use: a client that only sends requests never needs the explainer.
+    from meshlib._engine.explain import explain_call
+
     if isinstance(request, str):
         if url is None:
             raise TypeError("explain_request(runtime, method, url): the url is missing")

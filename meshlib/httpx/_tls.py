@@ -5,13 +5,12 @@ from __future__ import annotations
 import ipaddress
 import ssl
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from meshlib._engine.runtime import ClientIdentity
-from meshlib._identity.backend import AsyncMeshNetworkBackend, MeshNetworkBackend
-from meshlib._identity.rotation import RotatingIdentity
-from meshlib._identity.tls import PeerPolicy
-from meshlib._model.commands import TlsOrigination
+if TYPE_CHECKING:
+    from meshlib._engine.runtime import ClientIdentity
+    from meshlib._identity.rotation import RotatingIdentity
+    from meshlib._model.commands import TlsOrigination
 
 __all__ = ["MUTUAL", "SanMatcher", "mesh_backend", "origination_context"]
 
@@ -25,7 +24,11 @@ def mesh_backend(identity: ClientIdentity, peers: frozenset[str], *, is_async: b
     pool) and rejects, before any request byte, a server whose SPIFFE ID is not in ``peers``
     (any workload of our trust domain when ``peers`` is empty).
     """
-    rotating = cast(RotatingIdentity, identity)
+    # Imported here: a plaintext mesh has no identity and never loads the mTLS machinery.
+    from meshlib._identity.backend import AsyncMeshNetworkBackend, MeshNetworkBackend
+    from meshlib._identity.tls import PeerPolicy
+
+    rotating = cast("RotatingIdentity", identity)
     policy: PeerPolicy | None = None
     if peers:
         default = rotating.peer_policy()

@@ -7,13 +7,12 @@ Host header and the ``sni_hostname`` extension.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpcore
@@ -49,6 +48,9 @@ from meshlib.httpx._pools import (
     connector,
 )
 from meshlib.httpx._tls import mesh_backend, origination_context
+
+if TYPE_CHECKING:
+    import asyncio  # imported where a mirror needs it: a sync-only process never loads it
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
@@ -653,6 +655,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     ) -> None:
         if sniffio.current_async_library() != "asyncio":
             return  # copies need a task that outlives the request: asyncio only
+        import asyncio
+
         loop = asyncio.get_running_loop()
         for shadow in shadows:
             if not self._base._mirrors.start():

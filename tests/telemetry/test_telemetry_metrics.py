@@ -336,6 +336,32 @@ def test_default_registry_can_be_shared() -> None:
 
 
 @pytest.mark.extras
+def test_requests_are_queued_then_folded_in_batches_and_at_each_scrape(sink: Any) -> None:
+    import prometheus_client
+
+    from meshlib._telemetry.metrics import FOLD_AT
+
+    labels = edge().labels(200)
+    for _ in range(FOLD_AT - 1):
+        sink.request(labels, 3, 1, 1)
+    assert len(sink._pending) == FOLD_AT - 1
+    assert len(sink._store) == 0  # a request only queues its observation
+    sink.request(labels, 3, 1, 1)
+    assert not sink._pending
+    assert len(sink._store) == 1
+    sink.request(labels, 3, 1, 1)  # queued: the scrape folds it
+    text = prometheus_client.generate_latest(sink.registry).decode()
+    total = next(line for line in text.splitlines() if line.startswith("istio_requests_total{"))
+    assert total.endswith(f" {float(FOLD_AT + 1)}")
+    bucket = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("istio_request_duration_milliseconds_bucket{") and 'le="5.0"' in line
+    )
+    assert bucket.endswith(f" {float(FOLD_AT + 1)}")
+
+
+@pytest.mark.extras
 def test_concurrent_recording_loses_nothing(sink: Any) -> None:
     labels = edge().labels(200)
     threads = [
