@@ -68,6 +68,10 @@ def docs(session: nox.Session) -> None:
     )
 
 
+OPT_IN_BENCHES = frozenset({"bench_cachegrind"})
+"""Benches that take long (valgrind runs each client about 50 times slower): run when named."""
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Speed as ratios against bare httpx/grpc in the same run; never part of the tests."""
@@ -78,6 +82,8 @@ def bench(session: nox.Session) -> None:
     for script in scripts:
         if session.posargs and script.stem not in session.posargs:
             continue
+        if script.stem in OPT_IN_BENCHES and script.stem not in session.posargs:
+            continue  # only when named: nox -s bench -- bench_cachegrind
         session.run("python", str(script))
 
 
