@@ -24,6 +24,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshlib._identity.rotation import RotatingIdentity
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -49,7 +53,7 @@ def _slow(config: str) -> str:
     return config
 
 
-def _identity(folder: str) -> object:
+def _identity(folder: str) -> RotatingIdentity:
     from meshlib._identity.rotation import RotatingIdentity
     from meshlib._identity.sources import StaticSource, load_svid_files
 
@@ -66,9 +70,9 @@ def http_child(variant: str, folder: str, port: int, count: int) -> None:
     from meshlib._identity.tls import client_context
     from meshlib.httpx import MeshTransport
 
-    identity: object = _identity(folder)
+    identity = _identity(folder)
     if variant == "bare":
-        svid = identity.svid  # type: ignore[attr-defined]
+        svid = identity.svid
         client = httpx.Client(verify=client_context(svid, alpn=["http/1.1"]), timeout=600)
         url = f"https://127.0.0.1:{port}/"
     else:
@@ -96,18 +100,18 @@ def grpc_child(variant: str, folder: str, port: int, count: int) -> None:
     from meshlib._identity.grpc_credentials import grpc_channel_credentials
     from meshlib.grpc import MeshChannel
 
-    identity: object = _identity(folder)
+    identity = _identity(folder)
     if variant == "bare":
         channel = grpc.secure_channel(
             f"127.0.0.1:{port}",
-            grpc_channel_credentials(identity),  # type: ignore[arg-type]
+            grpc_channel_credentials(identity),
             options=[("grpc.ssl_target_name_override", bench_grpc.HOST)],
         )
     else:
         source = ConfigSource.from_text(
             _slow(bench_grpc.config(port, True)), namespace=bench_grpc.NAMESPACE
         )
-        channel = MeshChannel(build_runtime(source, identity), "bench:9090")  # type: ignore[arg-type]
+        channel = MeshChannel(build_runtime(source, identity), "bench:9090")
     call = channel.unary_unary(bench_grpc.UNARY)
     for _ in range(WARMUP + count):
         call(bench_grpc.PAYLOAD, timeout=600)
