@@ -1,7 +1,9 @@
 """A plaintext mesh never loads what it does not use: cryptography waits for a certificate,
 watchfiles for a file watch, and a client that only sends requests never loads the server side,
 the identity machinery, the explainer, the access log or the circuit breakers (each costs
-resident memory in every process that imports meshlib).
+resident memory in every process that imports meshlib). Nor, while its configuration has no
+AuthorizationPolicy or PeerAuthentication, the authorization engine, the security compiler and
+validator, or the pydantic models of those kinds.
 
 Each case runs in a fresh interpreter, since this process has long imported them all.
 """
@@ -50,6 +52,16 @@ spec:
 
 LAZY = ("cryptography", "watchfiles")
 
+SECURITY_LAZY = (
+    "meshlib._policy.authz",
+    "meshlib._policy.peerauth",
+    "meshlib._config.compile_security",
+    "meshlib._config.resources_security",
+    "meshlib._config.validate_security",
+)
+"""Loaded with the first AuthorizationPolicy or PeerAuthentication, or when something reads a
+snapshot's ``authorization`` or ``peer_authentication`` (the inbound side does)."""
+
 CLIENT_LAZY = (
     "pybreaker",
     "meshlib._breaker",
@@ -58,8 +70,23 @@ CLIENT_LAZY = (
     "meshlib._config.show",
     "meshlib._telemetry.accesslog",
     "meshlib._identity",
+    *SECURITY_LAZY,
 )
 """Modules (and packages: their submodules too) that the client-only path must not load."""
+
+SECURITY = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers, namespace: default}
+spec:
+  action: ALLOW
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+"""
 
 UPSTREAM = """
 import http.server, threading
@@ -82,11 +109,28 @@ def loaded(names):
     return sorted(
         m for m in sys.modules for name in names if m == name or m.startswith(name + ".")
     )
+
+def built_models():
+    from pydantic import BaseModel
+
+    found, todo = set(), [BaseModel]
+    while todo:
+        for model in todo.pop().__subclasses__():
+            if model.__module__.startswith("meshlib.") and model.__name__ not in found:
+                found.add(model.__name__)
+                todo.append(model)
+    return found
+
+SECURITY_MODELS = {
+    "AuthorizationPolicy", "AuthorizationPolicySpec", "PeerAuthentication",
+    "PeerAuthenticationSpec", "MutualTLS", "Rule", "Source", "Operation",
+}
 """
 
 
 def run(code: str) -> None:
     prelude = f"import sys\nCONFIG = {CONFIG!r}\nLAZY = {LAZY!r}\nCLIENT_LAZY = {CLIENT_LAZY!r}\n"
+    prelude += f"SECURITY_LAZY = {SECURITY_LAZY!r}\nSECURITY = {SECURITY!r}\n"
     prelude += UPSTREAM
     result = subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code)],
@@ -165,6 +209,8 @@ def test_client_only_mesh_loads_no_server_identity_explain_accesslog_or_breaker(
                 assert response.status_code == 200, response
                 assert response.text == "ok"
         assert not loaded(CLIENT_LAZY), f"a client-only mesh loaded {loaded(CLIENT_LAZY)}"
+        built = built_models()
+        assert "VirtualService" in built and not built & SECURITY_MODELS, built & SECURITY_MODELS
         mesh.close()
         upstream.shutdown()
     """)
@@ -235,4 +281,100 @@ def test_explain_access_log_and_inbound_hooks_load_on_first_use() -> None:
         served.close()
         mesh.close()
         upstream.shutdown()
+    """)
+
+
+def test_security_without_policies_is_built_when_first_read() -> None:
+    run("""
+        import meshlib
+        from meshlib._policy.paths import PathNormalization
+
+        mesh = meshlib.Mesh.from_text(CONFIG, namespace="default", path_normalization="NONE")
+        assert not loaded(SECURITY_LAZY), loaded(SECURITY_LAZY)
+        authorizer = mesh.snapshot.authorization
+        assert loaded(["meshlib._policy.authz", "meshlib._policy.peerauth"])
+        from meshlib._policy.authz import Authorizer, AuthzRequest
+
+        # Istio: no AuthorizationPolicy allows every request; the mesh's settings still apply.
+        assert isinstance(authorizer, Authorizer) and authorizer is mesh.snapshot.authorization
+        assert authorizer.policies == ()
+        assert authorizer.path_normalization is PathNormalization.NONE
+        assert authorizer.check(AuthzRequest(method="DELETE", path="/x")).allowed
+        mtls = mesh.snapshot.peer_authentication
+        assert mtls is not None and mtls.mode.value == "PERMISSIVE" and not mtls.decided_by
+        assert mesh.mtls_mode(9080) == "PERMISSIVE"
+        assert not loaded(["meshlib._config.resources_security"])
+        assert not built_models() & SECURITY_MODELS
+        mesh.close()
+    """)
+
+
+def test_security_resources_load_their_models_and_compile_on_first_use() -> None:
+    run("""
+        import meshlib
+        from meshlib._config import resources
+
+        assert not loaded(SECURITY_LAZY), f"import meshlib loaded {loaded(SECURITY_LAZY)}"
+        mesh = meshlib.Mesh.from_text(CONFIG + "---" + SECURITY, namespace="default")
+        assert set(loaded(SECURITY_LAZY)) == set(SECURITY_LAZY), loaded(SECURITY_LAZY)
+        from meshlib._config import resources_security
+        from meshlib._policy.authz import AuthzRequest
+
+        assert mesh.mtls_mode(9080) == "STRICT"
+        authorizer = mesh.snapshot.authorization
+        assert authorizer is not None and len(authorizer.policies) == 1
+        assert authorizer.check(AuthzRequest(method="GET", path="/")).allowed
+        assert not authorizer.check(AuthzRequest(method="POST", path="/")).allowed
+        # The lazy names are the security module's, under their old names too.
+        assert resources.AuthorizationPolicySpec is resources_security.AuthorizationPolicySpec
+        assert resources.RESOURCE_MODELS["PeerAuthentication"] is resources.PeerAuthentication
+        assert list(resources.RESOURCE_MODELS)[-2:] == ["PeerAuthentication", "AuthorizationPolicy"]
+        assert resources_security.PeerAuthenticationSpec in resources.SpecModel.__args__
+        mesh.close()
+    """)
+
+
+def test_a_bad_security_document_is_reported_as_before_when_it_loads_the_models() -> None:
+    run("""
+        import meshlib
+
+        bad = SECURITY.replace("methods: [GET]", "method: [GET]").replace(
+            "metadata: {name: default, namespace: default}",
+            "metadata: {name: default, namespace: default, annotations: {istio.io/dry-run: 'yes'}}",
+        )
+        assert not loaded(SECURITY_LAZY)
+        try:
+            meshlib.Mesh.from_text(CONFIG + "---" + bad, namespace="default")
+        except meshlib.ConfigError as exc:
+            text = str(exc)
+        else:
+            raise AssertionError("the bad AuthorizationPolicy loaded")
+        assert "AuthorizationPolicy/default/readers" in text, text
+        assert "spec.rules[0].to[0].operation.method" in text, text
+        assert "unknown field 'method'" in text, text
+        assert "PeerAuthentication/default/default" in text, text
+        assert "metadata.annotations.istio.io/dry-run" in text, text
+        assert "unsupported annotation istio.io/dry-run" in text, text
+        assert "<config>" in text, text
+    """)
+
+
+def test_the_context_helpers_leave_the_thread_pool_module_for_the_executor() -> None:
+    run("""
+        from meshlib._telemetry import context
+
+        assert "concurrent.futures" not in sys.modules
+        executor_type = context.MeshThreadPoolExecutor
+        assert "concurrent.futures" in sys.modules
+        from meshlib._telemetry.context import MeshThreadPoolExecutor
+
+        assert MeshThreadPoolExecutor is executor_type
+        with MeshThreadPoolExecutor(max_workers=1) as pool:
+            assert pool.submit(lambda: 42).result(timeout=10) == 42
+        try:
+            context.NoSuchName
+        except AttributeError:
+            pass
+        else:
+            raise AssertionError("context.NoSuchName resolved")
     """)

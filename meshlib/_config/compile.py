@@ -17,7 +17,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar
 
 from meshlib._config import resources as r
-from meshlib._config.compile_security import compile_security
 from meshlib._config.hosts import (
     DEFAULT_TRUST_DOMAIN,
     ROOT_NAMESPACE,
@@ -57,7 +56,8 @@ from meshlib._policy.traffic import ClientTls, DestinationPolicy, Subset, Traffi
 
 if TYPE_CHECKING:
     from meshlib._config.loader import LoadedResource, LoadResult
-    from meshlib._policy.authz import AuthzRequest
+    from meshlib._policy.authz import Authorizer, AuthzRequest
+    from meshlib._policy.peerauth import WorkloadMtls
 
 __all__ = [
     "GRPC_STATUS_CODES",
@@ -226,8 +226,7 @@ def compile_snapshot(
             continue  # only a route target with nothing configured: plain DNS
         configs.append(_host_config(host, generation, routes, service, policy))
 
-    authorizer, mtls, security_issues = compile_security(
-        result,
+    security = _SecuritySettings(
         namespace=identity.namespace,
         labels=identity.labels,
         trust_domain=identity.trust_domain,
@@ -236,6 +235,14 @@ def compile_snapshot(
         custom_providers=custom_providers,
         case_insensitive_paths=case_insensitive_paths,
     )
+    if not any(res.kind in SECURITY_KINDS for res in result.resources):
+        # No policy: the authorizer allows everything and the mTLS mode is the mesh default.
+        # They are built when first read (inbound), so a client never loads the security code.
+        deferred = MeshSnapshot.build(
+            generation, identity, configs, security=security.without_policies
+        )
+        return deferred, ctx.issues
+    authorizer, mtls, security_issues = security.compile(result)
     ctx.issues.extend(security_issues)
     snapshot = MeshSnapshot.build(
         generation,
@@ -245,6 +252,45 @@ def compile_snapshot(
         peer_authentication=mtls,
     )
     return snapshot, ctx.issues
+
+
+SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication"})
+"""The kinds ``compile_security`` reads; without them it has nothing to compile."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SecuritySettings:
+    """What ``compile_security`` needs besides the resources."""
+
+    namespace: str
+    labels: Mapping[str, str]
+    trust_domain: str
+    root_namespace: str
+    path_normalization: PathNormalization
+    custom_providers: Mapping[str, Callable[[AuthzRequest], bool]] | None
+    case_insensitive_paths: bool
+
+    def compile(self, result: LoadResult) -> tuple[Authorizer, WorkloadMtls, list[ConfigIssue]]:
+        from meshlib._config.compile_security import compile_security
+
+        return compile_security(
+            result,
+            namespace=self.namespace,
+            labels=self.labels,
+            trust_domain=self.trust_domain,
+            root_namespace=self.root_namespace,
+            path_normalization=self.path_normalization,
+            custom_providers=self.custom_providers,
+            case_insensitive_paths=self.case_insensitive_paths,
+        )
+
+    def without_policies(self) -> tuple[Authorizer, WorkloadMtls]:
+        """What ``compile`` makes of a configuration without security resources: an
+        authorizer without policies (it allows every request) and the mesh default mode."""
+        from meshlib._config.loader import LoadResult
+
+        authorizer, mtls, _no_issues = self.compile(LoadResult())
+        return authorizer, mtls
 
 
 def by_age(resources: Iterable[LoadedResource]) -> list[LoadedResource]:

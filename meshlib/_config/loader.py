@@ -16,16 +16,19 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from meshlib._config.issues import ConfigIssue, Severity
-from meshlib._config.resources import API_VERSIONS, RESOURCE_MODELS, SpecModel
+from meshlib._config.resources import API_VERSIONS, RESOURCE_MODELS
 from meshlib._config.validate import validate_resource
 from meshlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshlib._config.resources import SpecModel
 
 __all__ = [
     "CODE_API_VERSION",

@@ -6,13 +6,18 @@ Every field is optional with a ``None`` default so that an absent field stays di
 problem of a document is reported at once. Durations stay strings (``durations.py`` parses them).
 Class names are the proto message names; nested messages whose short name would clash get their
 parent's name as prefix (``HTTPCookieAttribute``, ``LocalityFailover``...).
+
+The security kinds' models live in ``resources_security.py`` and are built on first use (each
+pydantic model class costs tens of KB of memory): this module still exposes them by name.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
@@ -186,13 +191,6 @@ class NetworkingWorkloadSelector(_Model):
     """``networking.v1alpha3.WorkloadSelector`` (ServiceEntry): ``labels``, not ``matchLabels``."""
 
     labels: dict[str, str] | None = None
-
-
-class PolicyTargetReference(_Model):
-    group: str | None = None
-    kind: str | None = None
-    name: str | None = None
-    namespace: str | None = None
 
 
 # ---------------------------------------------------------------------------------- VirtualService
@@ -635,88 +633,6 @@ class ServiceEntrySpec(_Model):
     subject_alt_names: list[str] | None = None
 
 
-# ---------------------------------------------------------------------------------- security
-MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
-
-
-class MutualTLS(_Model):
-    """``PeerAuthentication.MutualTLS``."""
-
-    mode: MtlsMode | None = None
-
-
-class PeerAuthenticationSpec(_Model):
-    selector: WorkloadSelector | None = None
-    mtls: MutualTLS | None = None
-    port_level_mtls: dict[UInt32, MutualTLS] | None = None
-    """Keys are workload ports; YAML map keys may be ints or numeric strings."""
-
-
-class Source(_Model):
-    principals: list[str] | None = None
-    not_principals: list[str] | None = None
-    request_principals: list[str] | None = None
-    not_request_principals: list[str] | None = None
-    namespaces: list[str] | None = None
-    not_namespaces: list[str] | None = None
-    service_accounts: list[str] | None = None
-    not_service_accounts: list[str] | None = None
-    ip_blocks: list[str] | None = None
-    not_ip_blocks: list[str] | None = None
-    remote_ip_blocks: list[str] | None = None
-    not_remote_ip_blocks: list[str] | None = None
-    trust_domains: list[str] | None = None
-    not_trust_domains: list[str] | None = None
-
-
-class Operation(_Model):
-    hosts: list[str] | None = None
-    not_hosts: list[str] | None = None
-    ports: list[str] | None = None
-    not_ports: list[str] | None = None
-    methods: list[str] | None = None
-    not_methods: list[str] | None = None
-    paths: list[str] | None = None
-    not_paths: list[str] | None = None
-
-
-class RuleFrom(_Model):
-    """``Rule.From``."""
-
-    source: Source | None = None
-
-
-class RuleTo(_Model):
-    """``Rule.To``."""
-
-    operation: Operation | None = None
-
-
-class Condition(_Model):
-    key: str | None = None
-    values: list[str] | None = None
-    not_values: list[str] | None = None
-
-
-class Rule(_Model):
-    from_: list[RuleFrom] | None = None
-    to: list[RuleTo] | None = None
-    when: list[Condition] | None = None
-
-
-class ExtensionProvider(_Model):
-    name: str | None = None
-
-
-class AuthorizationPolicySpec(_Model):
-    selector: WorkloadSelector | None = None
-    target_ref: PolicyTargetReference | None = None
-    target_refs: list[PolicyTargetReference] | None = None
-    rules: list[Rule] | None = None
-    action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] | None = None
-    provider: ExtensionProvider | None = None
-
-
 # ---------------------------------------------------------------------------------- envelope
 NETWORKING_GROUP = "networking.istio.io"
 SECURITY_GROUP = "security.istio.io"
@@ -733,15 +649,6 @@ API_VERSIONS: dict[str, frozenset[str]] = {
     "AuthorizationPolicy": _SECURITY,
 }
 """The kinds meshlib reads and the ``apiVersion`` values accepted for each."""
-
-SpecModel = (
-    VirtualServiceSpec
-    | DestinationRuleSpec
-    | ServiceEntrySpec
-    | WorkloadEntrySpec
-    | PeerAuthenticationSpec
-    | AuthorizationPolicySpec
-)
 
 
 class ObjectMeta(_Model):
@@ -769,10 +676,15 @@ class Resource(_Model):
     """The Kubernetes envelope. Use the per-kind subclass from ``RESOURCE_MODELS`` so that ``spec``
     is typed by ``kind`` and one validation reports every problem of the document."""
 
+    # Never validated itself (only its per-kind subclasses are), so its validator, which would
+    # hold every kind's spec, is not built; the subclasses build theirs.
+    model_config = ConfigDict(defer_build=True)
+
     api_version: str
     kind: str
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
-    spec: SpecModel | None = None
+    spec: _Model | None = None
+    """A spec model; each per-kind subclass narrows it to its kind's."""
     status: Any = Field(default=None, exclude=True)
     """Written by istiod; ignored."""
 
@@ -788,36 +700,128 @@ class Resource(_Model):
         return data
 
 
+_BUILT = ConfigDict(defer_build=False)
+
+
 class VirtualService(Resource):
+    model_config = _BUILT
     spec: VirtualServiceSpec = Field(default_factory=VirtualServiceSpec)
 
 
 class DestinationRule(Resource):
+    model_config = _BUILT
     spec: DestinationRuleSpec = Field(default_factory=DestinationRuleSpec)
 
 
 class ServiceEntry(Resource):
+    model_config = _BUILT
     spec: ServiceEntrySpec = Field(default_factory=ServiceEntrySpec)
 
 
 class WorkloadEntry(Resource):
+    model_config = _BUILT
     spec: WorkloadEntrySpec = Field(default_factory=WorkloadEntrySpec)
 
 
-class PeerAuthentication(Resource):
-    spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)
+_SECURITY_MODULE = "meshlib._config.resources_security"
+_SECURITY_NAMES = frozenset(
+    {
+        "AuthorizationPolicy",
+        "AuthorizationPolicySpec",
+        "Condition",
+        "ExtensionProvider",
+        "MtlsMode",
+        "MutualTLS",
+        "Operation",
+        "PeerAuthentication",
+        "PeerAuthenticationSpec",
+        "PolicyTargetReference",
+        "Rule",
+        "RuleFrom",
+        "RuleTo",
+        "Source",
+    }
+)
+"""The models of the security kinds, built on first use (``resources_security``): a mesh
+whose configuration has no AuthorizationPolicy or PeerAuthentication never builds them."""
 
 
-class AuthorizationPolicy(Resource):
-    spec: AuthorizationPolicySpec = Field(default_factory=AuthorizationPolicySpec)
+class _ResourceModels(Mapping[str, type[Resource]]):
+    """Envelope model per kind, in ``API_VERSIONS`` order; the security kinds' models are
+    imported on first lookup."""
+
+    def __init__(self, built: Mapping[str, type[Resource]]) -> None:
+        self._models = dict(built)
+
+    def __getitem__(self, kind: str) -> type[Resource]:
+        model = self._models.get(kind)
+        if model is None:
+            if kind not in API_VERSIONS:
+                raise KeyError(kind)
+            model = getattr(importlib.import_module(_SECURITY_MODULE), kind)
+            self._models[kind] = model
+        return model
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(API_VERSIONS)
+
+    def __len__(self) -> int:
+        return len(API_VERSIONS)
 
 
-RESOURCE_MODELS: dict[str, type[Resource]] = {
-    "VirtualService": VirtualService,
-    "DestinationRule": DestinationRule,
-    "ServiceEntry": ServiceEntry,
-    "WorkloadEntry": WorkloadEntry,
-    "PeerAuthentication": PeerAuthentication,
-    "AuthorizationPolicy": AuthorizationPolicy,
-}
+RESOURCE_MODELS: Mapping[str, type[Resource]] = _ResourceModels(
+    {
+        "VirtualService": VirtualService,
+        "DestinationRule": DestinationRule,
+        "ServiceEntry": ServiceEntry,
+        "WorkloadEntry": WorkloadEntry,
+    }
+)
 """Envelope model per kind meshlib reads."""
+
+if TYPE_CHECKING:
+    from meshlib._config.resources_security import (
+        AuthorizationPolicy,
+        AuthorizationPolicySpec,
+        Condition,
+        ExtensionProvider,
+        MtlsMode,  # noqa: F401  # re-exported, as before the split
+        MutualTLS,
+        Operation,
+        PeerAuthentication,
+        PeerAuthenticationSpec,
+        PolicyTargetReference,
+        Rule,
+        RuleFrom,
+        RuleTo,
+        Source,
+    )
+
+    SpecModel: TypeAlias = (
+        VirtualServiceSpec
+        | DestinationRuleSpec
+        | ServiceEntrySpec
+        | WorkloadEntrySpec
+        | PeerAuthenticationSpec
+        | AuthorizationPolicySpec
+    )
+else:  # hidden from type checkers, which would then accept any resources.<name>
+
+    def __getattr__(name: str) -> Any:
+        # PEP 562: the security models (and SpecModel, which names two of them) on first use.
+        if name in _SECURITY_NAMES:
+            value = getattr(importlib.import_module(_SECURITY_MODULE), name)
+        elif name == "SpecModel":
+            security = importlib.import_module(_SECURITY_MODULE)
+            value = (
+                VirtualServiceSpec
+                | DestinationRuleSpec
+                | ServiceEntrySpec
+                | WorkloadEntrySpec
+                | security.PeerAuthenticationSpec
+                | security.AuthorizationPolicySpec
+            )
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value  # bound here: later lookups never reach __getattr__
+        return value

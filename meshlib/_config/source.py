@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshlib._config.compile import compile_snapshot
 from meshlib._config.hosts import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE
@@ -17,9 +18,11 @@ from meshlib._config.watch import (
     ConfigWatcher,
 )
 from meshlib._engine.snapshot import MeshSnapshot
-from meshlib._policy.authz import AuthzRequest
 from meshlib._policy.paths import DEFAULT_PATH_NORMALIZATION, PathNormalization
 from meshlib.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meshlib._policy.authz import AuthzRequest
 
 __all__ = ["ConfigSource", "MeshSettings", "build_function"]
 

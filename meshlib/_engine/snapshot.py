@@ -8,15 +8,23 @@ Every hot-path lookup is a dict probe: aliases and wildcard keys are precomputed
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from meshlib._model.endpoint import Endpoint
-from meshlib._policy.authz import Authorizer
-from meshlib._policy.peerauth import WorkloadMtls
 from meshlib._policy.routing import RouteTable
 from meshlib._policy.traffic import DestinationPolicy
+
+if TYPE_CHECKING:
+    # Types only: a configuration without AuthorizationPolicy or PeerAuthentication never
+    # loads the authorization engine (about 0.4 MB) unless something reads its security.
+    from meshlib._policy.authz import Authorizer
+    from meshlib._policy.peerauth import WorkloadMtls
+
+SecurityFactory = Callable[[], "tuple[Authorizer | None, WorkloadMtls | None]"]
+"""Builds a snapshot's ``authorization`` and ``peer_authentication`` on first read."""
 
 DEFAULT_DOMAIN_SUFFIX = "svc.cluster.local"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -182,10 +190,10 @@ class MeshSnapshot:
     identity: MeshIdentity
     hosts: Mapping[str, HostConfig] = field(default_factory=dict)
     """Canonical host (FQDN or wildcard pattern) -> config."""
-    authorization: Authorizer | None = None
-    """The AuthorizationPolicies that select this workload; ``None``: none configured."""
-    peer_authentication: WorkloadMtls | None = None
-    """This workload's PeerAuthentication modes; ``None``: Istio's default (PERMISSIVE)."""
+    _authorization: Authorizer | None = field(default=None, repr=False)
+    _peer_authentication: WorkloadMtls | None = field(default=None, repr=False)
+    _security: SecurityFactory | None = field(default=None, repr=False)
+    """Set: ``authorization`` and ``peer_authentication`` are built by it on first read."""
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX
     _index: Mapping[str, HostConfig] = field(init=False, repr=False)
     _wildcards: Mapping[str, HostConfig] = field(init=False, repr=False)
@@ -222,14 +230,42 @@ class MeshSnapshot:
         *,
         authorization: Authorizer | None = None,
         peer_authentication: WorkloadMtls | None = None,
+        security: SecurityFactory | None = None,
     ) -> MeshSnapshot:
+        """``security``, given instead of ``authorization`` and ``peer_authentication``, builds
+        them when first read: the inbound side reads them, a client that only sends never does."""
         return cls(
             generation=generation,
             identity=identity,
             hosts=MappingProxyType({config.host: config for config in configs}),
-            authorization=authorization,
-            peer_authentication=peer_authentication,
+            _authorization=authorization,
+            _peer_authentication=peer_authentication,
+            _security=security,
         )
+
+    @property
+    def authorization(self) -> Authorizer | None:
+        """The AuthorizationPolicies that select this workload; ``None``: none configured."""
+        security = self._security
+        if security is not None:
+            self._build_security(security)
+        return self._authorization
+
+    @property
+    def peer_authentication(self) -> WorkloadMtls | None:
+        """This workload's PeerAuthentication modes; ``None``: Istio's default (PERMISSIVE)."""
+        security = self._security
+        if security is not None:
+            self._build_security(security)
+        return self._peer_authentication
+
+    def _build_security(self, security: SecurityFactory) -> None:
+        # Two threads may both build: the results are equal and either may stay. The factory
+        # is dropped last, so a reader that finds it gone finds both values set.
+        authorization, peer_authentication = security()
+        object.__setattr__(self, "_authorization", authorization)
+        object.__setattr__(self, "_peer_authentication", peer_authentication)
+        object.__setattr__(self, "_security", None)
 
     def lookup_host(self, authority: str, port: int | None = None) -> HostConfig | None:
         """The config for a request's ``:authority`` (``host``, ``host:port``, short name, FQDN).

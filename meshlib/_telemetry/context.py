@@ -20,10 +20,8 @@ current OTel context is no longer the one seen at entry) and inject it properly.
 from __future__ import annotations
 
 import contextvars
-import functools
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
@@ -46,6 +44,9 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
 
     from meshlib._model.call import HeaderView, Peer
+    from meshlib._telemetry.executor import (  # re-exported, loaded on first use
+        MeshThreadPoolExecutor as MeshThreadPoolExecutor,  # noqa: PLC0414
+    )
 
 HEADER_EXPECTED_TIMEOUT: Final = "x-envoy-expected-rq-timeout-ms"
 HEADER_GRPC_TIMEOUT: Final = "grpc-timeout"
@@ -256,12 +257,14 @@ def thread(target: Callable[..., object], *args: Any, **kwargs: Any) -> threadin
     return threading.Thread(target=wrap(target), args=args, kwargs=kwargs)
 
 
-class MeshThreadPoolExecutor(ThreadPoolExecutor):
-    """A ``ThreadPoolExecutor`` whose ``submit`` (and so ``map``) runs in the submitter's context.
+if not TYPE_CHECKING:  # hidden from type checkers, which would then accept any context.<name>
 
-    Also the right executor for ``loop.run_in_executor`` and ``loop.set_default_executor``.
-    """
+    def __getattr__(name: str) -> object:
+        # PEP 562: concurrent.futures (with queue and its thread module, about 0.2 MB) loads
+        # with the executor, not with every process that makes an outbound call.
+        if name == "MeshThreadPoolExecutor":
+            from meshlib._telemetry.executor import MeshThreadPoolExecutor
 
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
-        ctx = contextvars.copy_context()
-        return super().submit(functools.partial(ctx.run, fn, *args, **kwargs))
+            globals()[name] = MeshThreadPoolExecutor
+            return MeshThreadPoolExecutor
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,12 +10,16 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from meshlib._config import resources as r
+from meshlib._config import resources_security
 
 MODELS = sorted(
     (
         obj
-        for obj in vars(r).values()
-        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == r.__name__
+        for module in (r, resources_security)  # the security kinds' models live apart
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, BaseModel)
+        and obj.__module__ == module.__name__
     ),
     key=lambda m: m.__name__,
 )
@@ -25,6 +29,8 @@ SPECS = [m for m in MODELS if not issubclass(m, (r.Resource, r.ObjectMeta)) and 
 def test_every_model_is_exported() -> None:
     public = {m.__name__ for m in MODELS if not m.__name__.startswith("_")}
     assert public <= set(r.__all__)
+    # ``resources`` names the security models without importing them: the lists must agree.
+    assert set(resources_security.__all__) == r._SECURITY_NAMES
 
 
 @pytest.mark.parametrize("model", SPECS, ids=lambda m: m.__name__)
@@ -330,3 +336,24 @@ def test_envelope_must_be_a_mapping() -> None:
     with pytest.raises(ValidationError) as caught:
         r.RESOURCE_MODELS["VirtualService"].model_validate(["not", "a", "mapping"])
     assert caught.value.errors()[0]["type"] == "model_type"
+
+
+def test_resource_models_map_every_kind_and_load_the_security_ones_on_lookup() -> None:
+    assert list(r.RESOURCE_MODELS) == list(r.API_VERSIONS)
+    assert len(r.RESOURCE_MODELS) == len(r.API_VERSIONS)
+    assert r.RESOURCE_MODELS["AuthorizationPolicy"] is resources_security.AuthorizationPolicy
+    assert r.RESOURCE_MODELS["ServiceEntry"] is r.ServiceEntry
+    assert "Gateway" not in r.RESOURCE_MODELS
+    with pytest.raises(KeyError):
+        r.RESOURCE_MODELS["Gateway"]
+
+
+def test_security_names_resolve_on_the_resources_module() -> None:
+    assert r.Source is resources_security.Source
+    assert r.PolicyTargetReference is resources_security.PolicyTargetReference
+    assert typing.get_args(r.SpecModel)[-2:] == (
+        resources_security.PeerAuthenticationSpec,
+        resources_security.AuthorizationPolicySpec,
+    )
+    with pytest.raises(AttributeError, match="NoSuchModel"):
+        _ = r.NoSuchModel  # type: ignore[attr-defined]

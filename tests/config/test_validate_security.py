@@ -220,6 +220,7 @@ def test_principal_with_spiffe_prefix_warns(warnings: Issues) -> None:
         ("AuthorizationPolicy", {}, "yes", [("metadata.annotations.istio.io/dry-run", "default/x has annotation istio.io/dry-run with invalid value (yes)")]),
         ("AuthorizationPolicy", {"action": "AUDIT"}, "true", [("metadata.annotations.istio.io/dry-run", "the annotation istio.io/dry-run currently only supports action ALLOW/DENY, found action AUDIT in default/x")]),
         ("PeerAuthentication", {}, "true", [("metadata.annotations.istio.io/dry-run", "default/x has unsupported annotation istio.io/dry-run, please remove the annotation")]),
+        ("DestinationRule", {"host": "reviews"}, "true", [("metadata.annotations.istio.io/dry-run", "default/x has unsupported annotation istio.io/dry-run, please remove the annotation")]),
     ],
 )  # fmt: skip
 def test_dry_run_annotation(

@@ -150,3 +150,40 @@ def test_hosts_are_read_only(snapshot: MeshSnapshot) -> None:
     assert isinstance(snapshot.hosts, MappingProxyType)
     with pytest.raises(AttributeError):
         snapshot.generation = 8  # type: ignore[misc]
+
+
+def test_security_is_built_once_by_the_factory_on_first_read() -> None:
+    from meshlib._policy.authz import Authorizer
+    from meshlib._policy.peerauth import MtlsMode, WorkloadMtls
+
+    built: list[int] = []
+
+    def security() -> tuple[Authorizer, WorkloadMtls]:
+        built.append(1)
+        return Authorizer(()), WorkloadMtls(MtlsMode.STRICT)
+
+    for first in ("peer_authentication", "authorization"):
+        deferred = MeshSnapshot.build(1, IDENTITY, [], security=security)
+        assert not built
+        getattr(deferred, first)
+        assert len(built) == 1
+        mtls = deferred.peer_authentication
+        assert mtls is not None
+        assert mtls.mode is MtlsMode.STRICT
+        authorizer = deferred.authorization
+        assert isinstance(authorizer, Authorizer)
+        assert authorizer is deferred.authorization
+        assert len(built) == 1
+        built.clear()
+
+
+def test_security_given_directly_or_absent() -> None:
+    from meshlib._policy.peerauth import WorkloadMtls
+
+    mtls = WorkloadMtls()
+    given = MeshSnapshot.build(1, IDENTITY, [], peer_authentication=mtls)
+    assert given.peer_authentication is mtls
+    assert given.authorization is None
+    none = MeshSnapshot.build(1, IDENTITY, [])
+    assert none.authorization is None
+    assert none.peer_authentication is None
