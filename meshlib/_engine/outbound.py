@@ -262,13 +262,12 @@ def outbound_flow(
     seconds; ``inherited_deadline`` an absolute deadline carried from an inbound request.
     """
     request = _Request(call, runtime, runtime.clock.now())
-    delivered = yield from _decide(
-        call, runtime, request, caller_timeout, inherited_deadline, snapshot
-    )
-    if delivered is not None:
-        # Yielded here, outside every handler: closing the flow after a Deliver (which every
-        # driver does) then unwinds nothing. The Deliver already owns the attempt's permits.
-        yield delivered
+    # Routing reads no clock and takes no permit: it runs here, and a driver's first next()
+    # starts with the fault decision (one generator level less on every command).
+    routing = _routing(call, runtime, runtime.snapshot() if snapshot is None else snapshot)
+    if routing.passthrough:
+        return _passthrough(call, request, caller_timeout)
+    return _routed(call, runtime, request, routing, caller_timeout, inherited_deadline)
 
 
 class _Destined:
@@ -356,6 +355,7 @@ def _routing(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot) -> _R
 
 
 def _route(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot, version: int) -> _Routing:
+    # 1. The host decides everything else; one snapshot for the whole request.
     config = snapshot.lookup_host(call.authority, call.port)
     if config is None:
         return _Routing(runtime, snapshot, version, call.host, None, -1, None)
@@ -401,26 +401,23 @@ def _destine(
     return _Destined(target, shape, plan.response, consistent, hash_key)
 
 
-def _decide(
+def _routed(
     call: Call,
     runtime: OutboundRuntime,
     request: _Request,
+    routing: _Routing,
     caller_timeout: float | None,
     inherited_deadline: float | None,
-    snapshot: MeshSnapshot | None,
-) -> Generator[FlowCommand, Outcome | None, Deliver | None]:
-    """Everything up to the answer: a local answer is yielded here, a Deliver returned."""
+) -> Flow:
+    """A request to a host in the mesh: a local answer, or the attempts and a Deliver."""
     clock = runtime.clock
     rng = runtime.rng
+    delivered: Deliver | None = None
     try:
-        # 1. The host decides everything else; one snapshot for the whole request.
-        routing = _routing(call, runtime, runtime.snapshot() if snapshot is None else snapshot)
-        if routing.passthrough:
-            return (yield from _passthrough(call, request, caller_timeout))
         request.service = routing.service
         if routing.reply is not None:
             yield _final(request, routing.reply)
-            return None
+            return
         route = routing.route
         assert route is not None
 
@@ -437,7 +434,7 @@ def _decide(
             abort = decide_abort(fault, rng, grpc=call.protocol == "grpc")
             if abort is not None:
                 yield _final(request, abort)
-                return None
+                return
 
         # The route timeout starts when routing starts, after the fault delay.
         deadline = overall_deadline(now, route.timeout, None, inherited_deadline)
@@ -461,7 +458,7 @@ def _decide(
         target = destined.target
         if target is None:
             yield _final(request, NO_CLUSTER_REPLY)
-            return None
+            return
         request.service = target.service
         request.cluster = target.name
         request.state = target.state
@@ -495,23 +492,21 @@ def _decide(
         )
 
         # 4. The attempt loop.
-        return (
-            yield from _attempts(
-                call,
-                runtime,
-                request,
-                target,
-                route.retries,
-                now,
-                deadline,
-                caller_deadline,
-                hash_key,
-                # Consistent hashing wants the same host again; others prefer untried hosts.
-                route.retries.retry_ignore_previous_hosts and consistent is None,
-                shape,
-                response_ops,
-                shadows,
-            )
+        delivered = yield from _attempts(
+            call,
+            runtime,
+            request,
+            target,
+            route.retries,
+            now,
+            deadline,
+            caller_deadline,
+            hash_key,
+            # Consistent hashing wants the same host again; others prefer untried hosts.
+            route.retries.retry_ignore_previous_hosts and consistent is None,
+            shape,
+            response_ops,
+            shadows,
         )
     except GeneratorExit:
         # Closed before an answer reached the caller: the caller went away (Envoy's DC).
@@ -520,6 +515,10 @@ def _decide(
     finally:
         # Whatever an unfinished attempt still holds goes back (errors, cancellation).
         request.end_attempt()
+    if delivered is not None:
+        # Yielded here, outside every handler: closing the flow after a Deliver (which every
+        # driver does) then unwinds nothing. The Deliver already owns the attempt's permits.
+        yield delivered
 
 
 def _attempts(
@@ -733,20 +732,25 @@ def _expired(request: _Request, caller_deadline: float | None) -> Reply | Fail:
     return _final(request, UPSTREAM_TIMEOUT_REPLY)
 
 
-def _passthrough(
-    call: Call, request: _Request, caller_timeout: float | None
-) -> Generator[FlowCommand, Outcome | None, Deliver | None]:
+def _passthrough(call: Call, request: _Request, caller_timeout: float | None) -> Flow:
+    """Outside the mesh: behave like the plain client (one try, its errors)."""
     request.cluster = PASSTHROUGH_CLUSTER
     endpoint = Endpoint(address=call.host, port=call.port)
     request.attempts = 1
-    outcome = yield Send(
-        Attempt(endpoint=endpoint, number=1, timeout=caller_timeout, cluster=PASSTHROUGH_CLUSTER)
-    )
+    try:
+        outcome = yield Send(
+            Attempt(
+                endpoint=endpoint, number=1, timeout=caller_timeout, cluster=PASSTHROUGH_CLUSTER
+            )
+        )
+    except GeneratorExit:
+        request.report(0, (FLAG_DOWNSTREAM_TERMINATED,))
+        raise
     if outcome is None:  # pragma: no cover - a driver bug; fail loudly
         raise RuntimeError("the driver answered Send without an Outcome")
     if outcome.failure is not FailureKind.NONE:
         request.report(0, ())
         yield Fail(outcome)
-        return None
+        return
     request.endpoint = endpoint
-    return Deliver(outcome, request.handover())
+    yield Deliver(outcome, request.handover())
