@@ -34,7 +34,7 @@ from meshlib._model.call import Call
 from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep
 from meshlib._model.endpoint import Endpoint
 from meshlib._model.outcome import Classification, FailureKind, Outcome
-from meshlib._policy.balancing import generated_cookie, hash_key_for
+from meshlib._policy.balancing import ConsistentHash, generated_cookie, hash_key_for
 from meshlib._policy.classify import classify, effective_status
 from meshlib._policy.deadlines import attempt_timeout, overall_deadline, remaining_ms_header
 from meshlib._policy.faults import decide_abort, decide_delay
@@ -59,6 +59,7 @@ from meshlib._policy.routing import (
     NO_ROUTE_REPLY,
     HeaderOps,
     Route,
+    RouteDestination,
     choose_destination,
     default_route,
     direct_reply,
@@ -261,53 +262,164 @@ def outbound_flow(
     seconds; ``inherited_deadline`` an absolute deadline carried from an inbound request.
     """
     request = _Request(call, runtime, runtime.clock.now())
-    delivered = yield from _decide(
-        call, runtime, request, caller_timeout, inherited_deadline, snapshot
+    # Routing reads no clock and takes no permit: it runs here, and a driver's first next()
+    # starts with the fault decision (one generator level less on every command).
+    routing = _routing(call, runtime, runtime.snapshot() if snapshot is None else snapshot)
+    if routing.passthrough:
+        return _passthrough(call, request, caller_timeout)
+    return _routed(call, runtime, request, routing, caller_timeout, inherited_deadline)
+
+
+class _Destined:
+    """One destination of a route: its cluster and what every attempt to it sends."""
+
+    __slots__ = ("consistent", "hash_key", "response_ops", "shape", "target")
+
+    def __init__(
+        self,
+        target: ClusterTarget | None,
+        shape: Shape,
+        response_ops: HeaderOps,
+        consistent: ConsistentHash | None,
+        hash_key: int | None,
+    ) -> None:
+        self.target = target
+        """``None``: the subset is not defined (503 NC)."""
+        self.shape = shape
+        self.response_ops = response_ops
+        self.consistent = consistent
+        self.hash_key = hash_key
+
+
+class _Routing:
+    """What routing decides for a Call under one snapshot: nothing in it is drawn at random.
+
+    A Call that a driver sends again (``Call.memo``) keeps it, and each destination's
+    :class:`_Destined` once drawn, for as long as the snapshot and the DNS answers stay.
+    """
+
+    __slots__ = (
+        "destined",
+        "dns_version",
+        "match_index",
+        "passthrough",
+        "reply",
+        "route",
+        "runtime",
+        "service",
+        "snapshot",
     )
-    if delivered is not None:
-        # Yielded here, outside every handler: closing the flow after a Deliver (which every
-        # driver does) then unwinds nothing. The Deliver already owns the attempt's permits.
-        yield delivered
+
+    def __init__(
+        self,
+        runtime: OutboundRuntime,
+        snapshot: MeshSnapshot,
+        dns_version: int,
+        service: str,
+        route: Route | None,
+        match_index: int,
+        reply: Reply | None,
+    ) -> None:
+        self.runtime = runtime
+        self.snapshot = snapshot
+        self.dns_version = dns_version
+        self.passthrough = route is None and reply is None
+        """Outside the mesh: behave like the plain client."""
+        self.service = service
+        self.route = route
+        self.match_index = match_index
+        self.reply = reply
+        """A local answer that involves no destination: no route, a redirect, a direct response."""
+        self.destined: dict[int, _Destined] | None = None
+        """Per destination (by identity), filled as they are drawn (memoized Calls only)."""
 
 
-def _decide(
+def _routing(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot) -> _Routing:
+    resolver = runtime.resolver
+    version = 0 if resolver is None else resolver.version
+    memo = call.memo
+    if memo is not None:
+        known = memo.value
+        if (
+            type(known) is _Routing
+            and known.snapshot is snapshot
+            and known.runtime is runtime
+            and known.dns_version == version
+        ):
+            return known
+    routing = _route(call, runtime, snapshot, version)
+    if memo is not None:
+        routing.destined = {}
+        memo.value = routing
+    return routing
+
+
+def _route(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot, version: int) -> _Routing:
+    # 1. The host decides everything else; one snapshot for the whole request.
+    config = snapshot.lookup_host(call.authority, call.port)
+    if config is None:
+        return _Routing(runtime, snapshot, version, call.host, None, -1, None)
+    # Routes carry destination, timeout, retries and faults, so they are matched first.
+    table = config.routes
+    if table is None:
+        route: Route = default_route(config.host, None)
+        match_index = -1
+    else:
+        matched = match_route(table, call, call.port)
+        if matched is None:
+            return _Routing(runtime, snapshot, version, config.host, None, -1, NO_ROUTE_REPLY)
+        route, match_index = matched
+    # Redirects and direct responses are local answers: no destination is involved.
+    reply = None
+    if route.redirect is not None:
+        reply = redirect_reply(route, match_index, call)
+    elif route.direct_response is not None:
+        reply = direct_reply(route)
+    return _Routing(runtime, snapshot, version, config.host, route, match_index, reply)
+
+
+def _destine(
+    call: Call, routing: _Routing, route: Route, destination: RouteDestination
+) -> _Destined:
+    runtime = routing.runtime
+    port = destination.port or call.port
+    dns_name = call.host if destination.host == routing.service else destination.host
+    target = runtime.cluster_for(
+        routing.snapshot, destination.host, destination.subset, port, dns_name
+    )
+    plan = header_plan(route, destination)
+    if route.rewrite is None:
+        path, authority = None, plan.authority
+    else:
+        path, authority = rewrite_request(route, routing.match_index, call, destination)
+    ops = plan.request
+    close = target is not None and target.close_connections
+    set_headers = (*ops.set, _CONNECTION_CLOSE) if close else ops.set
+    consistent = None if target is None else target.policy.load_balancer.consistent_hash
+    hash_key = None if consistent is None else hash_key_for(consistent, call)
+    shape = (set_headers, ops.add, ops.remove, path, authority)
+    return _Destined(target, shape, plan.response, consistent, hash_key)
+
+
+def _routed(
     call: Call,
     runtime: OutboundRuntime,
     request: _Request,
+    routing: _Routing,
     caller_timeout: float | None,
     inherited_deadline: float | None,
-    snapshot: MeshSnapshot | None,
-) -> Generator[FlowCommand, Outcome | None, Deliver | None]:
-    """Everything up to the answer: a local answer is yielded here, a Deliver returned."""
+) -> Flow:
+    """A request to a host in the mesh: a local answer, or the attempts and a Deliver."""
     clock = runtime.clock
     rng = runtime.rng
+    delivered: Deliver | None = None
     try:
-        # 1. The host decides everything else; one snapshot for the whole request.
-        if snapshot is None:
-            snapshot = runtime.snapshot()
-        config = snapshot.lookup_host(call.authority, call.port)
-        if config is None:
-            # Outside the mesh: behave like the plain client (one try, its errors).
-            return (yield from _passthrough(call, request, caller_timeout))
-        request.service = config.host
-        # Routes carry destination, timeout, retries and faults, so they are matched first.
-        table = config.routes
-        if table is None:
-            route: Route = default_route(config.host, None)
-            match_index = -1
-        else:
-            matched = match_route(table, call, call.port)
-            if matched is None:
-                yield _final(request, NO_ROUTE_REPLY)
-                return None
-            route, match_index = matched
-        # Redirects and direct responses are local answers: no destination is involved.
-        if route.redirect is not None:
-            yield _final(request, redirect_reply(route, match_index, call))
-            return None
-        if route.direct_response is not None:
-            yield _final(request, direct_reply(route))
-            return None
+        request.service = routing.service
+        if routing.reply is not None:
+            yield _final(request, routing.reply)
+            return
+        route = routing.route
+        assert route is not None
 
         # 2. Faults come before admission: an injected abort spends no pool budget and no
         # outlier statistics (Envoy's fault filter runs before the router).
@@ -322,7 +434,7 @@ def _decide(
             abort = decide_abort(fault, rng, grpc=call.protocol == "grpc")
             if abort is not None:
                 yield _final(request, abort)
-                return None
+                return
 
         # The route timeout starts when routing starts, after the fault delay.
         deadline = overall_deadline(now, route.timeout, None, inherited_deadline)
@@ -335,65 +447,66 @@ def _decide(
 
         # 3. One weighted destination per request: retries stay inside it.
         destination = choose_destination(route, rng)
-        port = destination.port or call.port
-        dns_name = call.host if destination.host == config.host else destination.host
-        target = runtime.cluster_for(snapshot, destination.host, destination.subset, port, dns_name)
+        known = routing.destined
+        if known is None:
+            destined = _destine(call, routing, route, destination)
+        else:
+            found = known.get(id(destination))  # the route (in the snapshot) keeps it alive
+            if found is None:
+                found = known[id(destination)] = _destine(call, routing, route, destination)
+            destined = found
+        target = destined.target
         if target is None:
             yield _final(request, NO_CLUSTER_REPLY)
-            return None
+            return
         request.service = target.service
         request.cluster = target.name
         request.state = target.state
-        plan = header_plan(route, destination)
-        if route.rewrite is None:
-            path, authority = None, plan.authority
-        else:
-            path, authority = rewrite_request(route, match_index, call, destination)
-        ops = plan.request
-        response_ops = plan.response
-        set_headers = (*ops.set, _CONNECTION_CLOSE) if target.close_connections else ops.set
+        shape = destined.shape
         propagate = runtime.hooks.outbound_headers
         if propagate is not None:
             # Trace context and request id of the inbound request being served; first, so that
             # a route's own header `set` still wins.
             carried = propagate(request.start, deadline)
             if carried:
-                set_headers = (*carried, *set_headers)
-        consistent = target.policy.load_balancer.consistent_hash
-        hash_key = None
-        if consistent is not None:
-            hash_key = hash_key_for(consistent, call)
-            if hash_key is None and (cookie := generated_cookie(consistent, rng)) is not None:
-                hash_key, set_cookie = cookie
-                response_ops = HeaderOps(
-                    response_ops.set,
-                    (*response_ops.add, (SET_COOKIE_HEADER, set_cookie)),
-                    response_ops.remove,
-                )
+                shape = ((*carried, *shape[0]), shape[1], shape[2], shape[3], shape[4])
+        response_ops = destined.response_ops
+        hash_key = destined.hash_key
+        consistent = destined.consistent
+        if (
+            hash_key is None
+            and consistent is not None
+            and (cookie := generated_cookie(consistent, rng)) is not None
+        ):
+            hash_key, set_cookie = cookie
+            response_ops = HeaderOps(
+                response_ops.set,
+                (*response_ops.add, (SET_COOKIE_HEADER, set_cookie)),
+                response_ops.remove,
+            )
 
-        shape = (set_headers, ops.add, ops.remove, path, authority)
         shadows = (
-            _shadows(runtime, snapshot, route, call, now, deadline, shape) if route.mirrors else ()
+            _shadows(runtime, routing.snapshot, route, call, now, deadline, shape)
+            if route.mirrors
+            else ()
         )
 
         # 4. The attempt loop.
-        return (
-            yield from _attempts(
-                call,
-                runtime,
-                request,
-                target,
-                route.retries,
-                now,
-                deadline,
-                caller_deadline,
-                hash_key,
-                # Consistent hashing wants the same host again; others prefer untried hosts.
-                route.retries.retry_ignore_previous_hosts and consistent is None,
-                shape,
-                response_ops,
-                shadows,
-            )
+        delivered = yield from _attempts(
+            call,
+            runtime,
+            request,
+            target,
+            route.retries,
+            now,
+            deadline,
+            caller_deadline,
+            hash_key,
+            # Consistent hashing wants the same host again; others prefer untried hosts.
+            route.retries.retry_ignore_previous_hosts and consistent is None,
+            shape,
+            response_ops,
+            shadows,
         )
     except GeneratorExit:
         # Closed before an answer reached the caller: the caller went away (Envoy's DC).
@@ -402,6 +515,10 @@ def _decide(
     finally:
         # Whatever an unfinished attempt still holds goes back (errors, cancellation).
         request.end_attempt()
+    if delivered is not None:
+        # Yielded here, outside every handler: closing the flow after a Deliver (which every
+        # driver does) then unwinds nothing. The Deliver already owns the attempt's permits.
+        yield delivered
 
 
 def _attempts(
@@ -615,20 +732,25 @@ def _expired(request: _Request, caller_deadline: float | None) -> Reply | Fail:
     return _final(request, UPSTREAM_TIMEOUT_REPLY)
 
 
-def _passthrough(
-    call: Call, request: _Request, caller_timeout: float | None
-) -> Generator[FlowCommand, Outcome | None, Deliver | None]:
+def _passthrough(call: Call, request: _Request, caller_timeout: float | None) -> Flow:
+    """Outside the mesh: behave like the plain client (one try, its errors)."""
     request.cluster = PASSTHROUGH_CLUSTER
     endpoint = Endpoint(address=call.host, port=call.port)
     request.attempts = 1
-    outcome = yield Send(
-        Attempt(endpoint=endpoint, number=1, timeout=caller_timeout, cluster=PASSTHROUGH_CLUSTER)
-    )
+    try:
+        outcome = yield Send(
+            Attempt(
+                endpoint=endpoint, number=1, timeout=caller_timeout, cluster=PASSTHROUGH_CLUSTER
+            )
+        )
+    except GeneratorExit:
+        request.report(0, (FLAG_DOWNSTREAM_TERMINATED,))
+        raise
     if outcome is None:  # pragma: no cover - a driver bug; fail loudly
         raise RuntimeError("the driver answered Send without an Outcome")
     if outcome.failure is not FailureKind.NONE:
         request.report(0, ())
         yield Fail(outcome)
-        return None
+        return
     request.endpoint = endpoint
-    return Deliver(outcome, request.handover())
+    yield Deliver(outcome, request.handover())

@@ -65,6 +65,17 @@ def _segment_after(principal: str | None, key: str) -> str | None:
     return None
 
 
+class Memo:
+    """Where the engine keeps what it derived from a Call that a driver sends again and again
+    (a gRPC method without metadata). The engine alone reads and writes ``value``; the value
+    says itself what it was derived from (a config generation...), so a stale one is rebuilt."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: object = None
+
+
 @dataclass(slots=True)
 class Call:
     """One request as every policy sees it.
@@ -91,6 +102,8 @@ class Call:
     request_bytes: int | None = None
     """The request body size when the driver knows it (telemetry); ``None``: read
     ``content-length``."""
+    memo: Memo | None = field(default=None, repr=False, compare=False)
+    """Set by a driver that reuses this Call unchanged for many requests; ``None``: one use."""
     _split: tuple[str, str] | None = field(default=None, repr=False)
 
     @property

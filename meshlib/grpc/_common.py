@@ -24,7 +24,7 @@ from meshlib._engine.runtime import OutboundRuntime
 from meshlib._engine.snapshot import MeshSnapshot
 from meshlib._identity.grpc_credentials import grpc_channel_credentials
 from meshlib._identity.rotation import Generation, RotatingIdentity
-from meshlib._model.call import Call
+from meshlib._model.call import Call, Memo
 from meshlib._model.commands import Attempt, Deliver, Reply
 from meshlib._model.outcome import FailureKind, Outcome
 from meshlib._policy.replies import FLAG_UPSTREAM_TIMEOUT, UPSTREAM_TIMEOUT_BODY
@@ -543,8 +543,10 @@ class MultiCallable:
         self._deserializer = deserializer
         # A request stream is consumed by its first attempt: never replayed.
         self._unary_request = self._replayable = kind.startswith("unary_")
-        # Policies only read a Call: one without metadata is the same for every RPC.
+        # Policies only read a Call: one without metadata is the same for every RPC, and the
+        # flow keeps what it routed it to in its memo.
         self._bare_call = build_call(channel.target, method, None, replayable=self._replayable)
+        self._bare_call.memo = Memo()
 
     def call_for(self, metadata: Metadata | None) -> Call:
         if not metadata:
