@@ -70,6 +70,7 @@ CLIENT_LAZY = (
     "meshlib._config.show",
     "meshlib._telemetry.accesslog",
     "meshlib._identity",
+    "concurrent.futures",
     *SECURITY_LAZY,
 )
 """Modules (and packages: their submodules too) that the client-only path must not load."""

@@ -11,7 +11,6 @@ import logging
 import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -51,6 +50,7 @@ from meshlib.httpx._tls import mesh_backend, origination_context
 
 if TYPE_CHECKING:
     import asyncio  # imported where a mirror needs it: a sync-only process never loads it
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["AsyncMeshTransport", "MeshTransport"]
 
@@ -409,6 +409,9 @@ class MeshTransport(httpx.BaseTransport):
                 continue  # too many copies still in flight: drop this one, as Envoy may
             with self._base._lock:
                 if self._executor is None:
+                    # Only mirrors need threads: a client that never mirrors never loads them.
+                    from concurrent.futures import ThreadPoolExecutor
+
                     self._executor = ThreadPoolExecutor(
                         MIRROR_THREADS, thread_name_prefix="meshlib-mirror"
                     )
