@@ -57,9 +57,11 @@ from meshlib._policy.replies import (
 from meshlib._policy.retries import RetryPolicy, backoff, max_tries, should_retry
 from meshlib._policy.routing import (
     NO_ROUTE_REPLY,
+    READS_NOTHING,
     HeaderOps,
     Route,
     RouteDestination,
+    RouteTable,
     choose_destination,
     default_route,
     direct_reply,
@@ -73,6 +75,7 @@ __all__ = [
     "ATTEMPT_COUNT_HEADER",
     "DEADLINE_SLACK",
     "EXPECTED_TIMEOUT_HEADER",
+    "MAX_KEYED_ROUTINGS",
     "Fail",
     "FlowCommand",
     "WaitSlot",
@@ -84,6 +87,8 @@ EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 SET_COOKIE_HEADER = "set-cookie"
 DEADLINE_SLACK = 0.001
 """A timeout that fires this close to the deadline counts as the deadline (timer jitter)."""
+MAX_KEYED_ROUTINGS = 1024
+"""Routing decisions kept per configuration generation for requests that share their key."""
 _CONNECTION_CLOSE = ("connection", "close")
 _NOT_SENT = frozenset({FailureKind.CONNECT_FAILURE, FailureKind.RESET_BEFORE_REQUEST})
 
@@ -273,7 +278,7 @@ def outbound_flow(
 class _Destined:
     """One destination of a route: its cluster and what every attempt to it sends."""
 
-    __slots__ = ("consistent", "hash_key", "response_ops", "shape", "target")
+    __slots__ = ("consistent", "response_ops", "shape", "target")
 
     def __init__(
         self,
@@ -281,21 +286,21 @@ class _Destined:
         shape: Shape,
         response_ops: HeaderOps,
         consistent: ConsistentHash | None,
-        hash_key: int | None,
     ) -> None:
         self.target = target
         """``None``: the subset is not defined (503 NC)."""
         self.shape = shape
         self.response_ops = response_ops
         self.consistent = consistent
-        self.hash_key = hash_key
+        """The cluster's consistent hash: its key is read from each request."""
 
 
 class _Routing:
     """What routing decides for a Call under one snapshot: nothing in it is drawn at random.
 
-    A Call that a driver sends again (``Call.memo``) keeps it, and each destination's
-    :class:`_Destined` once drawn, for as long as the snapshot and the DNS answers stay.
+    Kept, with each destination's :class:`_Destined` once drawn, for as long as the snapshot
+    and the DNS answers stay: on a Call that a driver sends again (``Call.memo``), and in the
+    runtime for requests that agree on everything their host's route table reads.
     """
 
     __slots__ = (
@@ -331,7 +336,7 @@ class _Routing:
         self.reply = reply
         """A local answer that involves no destination: no route, a redirect, a direct response."""
         self.destined: dict[int, _Destined] | None = None
-        """Per destination (by identity), filled as they are drawn (memoized Calls only)."""
+        """Per destination (by identity), filled as they are drawn (kept decisions only)."""
 
 
 def _routing(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot) -> _Routing:
@@ -347,27 +352,58 @@ def _routing(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot) -> _R
             and known.dns_version == version
         ):
             return known
-    routing = _route(call, runtime, snapshot, version)
+    # 1. The host decides everything else; one snapshot for the whole request.
+    config = snapshot.lookup_host(call.authority, call.port)
+    table = None if config is None else config.routes
+    reads = READS_NOTHING if table is None else table.reads
+    if config is None:
+        routing = _Routing(runtime, snapshot, version, call.host, None, -1, None)
+    elif reads is None:  # the choice reads headers or the like: routed afresh each time
+        routing = _route(call, runtime, snapshot, version, config.host, table)
+    else:
+        # Keyed by every part of the request the choice (and the destinations' clusters and
+        # upstream requests) depends on: requests with the same key share one decision.
+        key = (
+            config.host,
+            call.port,
+            call.host,
+            call.path_only if reads.path else None,
+            call.method if reads.method else None,
+            call.scheme if reads.scheme else None,
+            call.authority if reads.authority else None,
+        )
+        decided = runtime.routings(snapshot)
+        found = decided.get(key)
+        if type(found) is _Routing:
+            routing = found
+        else:
+            routing = _route(call, runtime, snapshot, version, config.host, table)
+            routing.destined = {}
+            if len(decided) < MAX_KEYED_ROUTINGS:  # many distinct paths: keep the first ones
+                decided[key] = routing
     if memo is not None:
-        routing.destined = {}
+        if routing.destined is None:
+            routing.destined = {}
         memo.value = routing
     return routing
 
 
-def _route(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot, version: int) -> _Routing:
-    # 1. The host decides everything else; one snapshot for the whole request.
-    config = snapshot.lookup_host(call.authority, call.port)
-    if config is None:
-        return _Routing(runtime, snapshot, version, call.host, None, -1, None)
+def _route(
+    call: Call,
+    runtime: OutboundRuntime,
+    snapshot: MeshSnapshot,
+    version: int,
+    service: str,
+    table: RouteTable | None,
+) -> _Routing:
     # Routes carry destination, timeout, retries and faults, so they are matched first.
-    table = config.routes
     if table is None:
-        route: Route = default_route(config.host, None)
+        route: Route = default_route(service, None)
         match_index = -1
     else:
         matched = match_route(table, call, call.port)
         if matched is None:
-            return _Routing(runtime, snapshot, version, config.host, None, -1, NO_ROUTE_REPLY)
+            return _Routing(runtime, snapshot, version, service, None, -1, NO_ROUTE_REPLY)
         route, match_index = matched
     # Redirects and direct responses are local answers: no destination is involved.
     reply = None
@@ -375,7 +411,7 @@ def _route(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot, version
         reply = redirect_reply(route, match_index, call)
     elif route.direct_response is not None:
         reply = direct_reply(route)
-    return _Routing(runtime, snapshot, version, config.host, route, match_index, reply)
+    return _Routing(runtime, snapshot, version, service, route, match_index, reply)
 
 
 def _destine(
@@ -396,9 +432,8 @@ def _destine(
     close = target is not None and target.close_connections
     set_headers = (*ops.set, _CONNECTION_CLOSE) if close else ops.set
     consistent = None if target is None else target.policy.load_balancer.consistent_hash
-    hash_key = None if consistent is None else hash_key_for(consistent, call)
     shape = (set_headers, ops.add, ops.remove, path, authority)
-    return _Destined(target, shape, plan.response, consistent, hash_key)
+    return _Destined(target, shape, plan.response, consistent)
 
 
 def _routed(
@@ -471,8 +506,8 @@ def _routed(
             if carried:
                 shape = ((*carried, *shape[0]), shape[1], shape[2], shape[3], shape[4])
         response_ops = destined.response_ops
-        hash_key = destined.hash_key
         consistent = destined.consistent
+        hash_key = None if consistent is None else hash_key_for(consistent, call)
         if (
             hash_key is None
             and consistent is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -197,6 +197,7 @@ class OutboundRuntime:
         "_cache",
         "_cache_snapshot",
         "_cache_version",
+        "_routings",
         "async_sleep",
         "clock",
         "clusters",
@@ -239,6 +240,7 @@ class OutboundRuntime:
         self._cache_snapshot: MeshSnapshot | None = None
         self._cache_version = 0
         self._cache: dict[tuple[str, str | None, int], ClusterTarget | None] = {}
+        self._routings: dict[Hashable, object] = {}
 
     @property
     def mtls_available(self) -> bool:
@@ -256,14 +258,7 @@ class OutboundRuntime:
 
         ``dns_name`` is what to resolve when the configuration lists no endpoints.
         """
-        resolver = self.resolver
-        version = 0 if resolver is None else resolver.version
-        if snapshot is not self._cache_snapshot or version != self._cache_version:
-            # A new generation or new DNS answers: targets are rebuilt lazily; equal specs
-            # keep their state.
-            self._cache = {}
-            self._cache_snapshot = snapshot
-            self._cache_version = version
+        self._current(snapshot)
         key = (host, subset, port)
         try:
             return self._cache[key]
@@ -272,6 +267,23 @@ class OutboundRuntime:
         target = self._build_target(snapshot, host, subset, port, dns_name)
         self._cache[key] = target
         return target
+
+    def routings(self, snapshot: MeshSnapshot) -> dict[Hashable, object]:
+        """The outbound flow's routing decisions for this snapshot and these DNS answers, by
+        what each was derived from (a fresh dict when either changed)."""
+        self._current(snapshot)
+        return self._routings
+
+    def _current(self, snapshot: MeshSnapshot) -> None:
+        resolver = self.resolver
+        version = 0 if resolver is None else resolver.version
+        if snapshot is not self._cache_snapshot or version != self._cache_version:
+            # A new generation or new DNS answers: targets are rebuilt lazily; equal specs
+            # keep their state.
+            self._cache = {}
+            self._routings = {}
+            self._cache_snapshot = snapshot
+            self._cache_version = version
 
     def _build_target(
         self,

@@ -20,12 +20,14 @@ __all__ = [
     "DEFAULT_ROUTE_NAME",
     "LOCATION_HEADER",
     "NO_ROUTE_REPLY",
+    "READS_NOTHING",
     "DirectResponse",
     "HeaderOps",
     "HeaderPlan",
     "HeaderRules",
     "Mirror",
     "Redirect",
+    "RequestReads",
     "Rewrite",
     "Route",
     "RouteDestination",
@@ -148,6 +150,50 @@ class RouteTable:
     routes: tuple[Route, ...]
     source: str = ""
     """``VirtualService/<namespace>/<name>``; empty for the implicit default route."""
+    reads: RequestReads | None = field(init=False, repr=False, compare=False)
+    """What choosing a route (and building its upstream request) reads of a request besides
+    its host and port; ``None``: more than ``RequestReads`` names (headers, query parameters,
+    source labels or namespace), or a route copies parts of the request (redirect, rewrite)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reads", _reads(self.routes))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReads:
+    """The parts of a request a route table's choice depends on (besides host and port)."""
+
+    path: bool = False
+    method: bool = False
+    scheme: bool = False
+    authority: bool = False
+
+
+READS_NOTHING = RequestReads()
+"""A host without a VirtualService: its implicit route reads nothing of the request."""
+
+
+def _reads(routes: tuple[Route, ...]) -> RequestReads | None:
+    path = method = scheme = authority = False
+    for route in routes:
+        if route.redirect is not None or route.rewrite is not None:
+            return None
+        for block in route.matches:
+            if (
+                block.headers
+                or block.without_headers
+                or block.query_params
+                or block.source_labels
+                or block.source_namespace is not None
+            ):
+                return None
+            path = path or block.uri is not None
+            method = method or block.method is not None
+            scheme = scheme or block.scheme is not None
+            authority = authority or block.authority is not None
+    if not (path or method or scheme or authority):
+        return READS_NOTHING
+    return RequestReads(path, method, scheme, authority)
 
 
 DEFAULT_REDIRECT_CODE = 301

@@ -1,21 +1,37 @@
-"""A Call a driver reuses keeps what routing decided (``Call.memo``): it must never change
-what the flow does, only how much work it repeats."""
+"""Routing decisions are kept: per Call a driver reuses (``Call.memo``), and per generation for
+requests that share every part the route table reads. Neither may change what the flow does,
+only how much work it repeats."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+from unittest.mock import patch
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshlib._config.source import ConfigSource
+from meshlib._engine import outbound
 from meshlib._engine.outbound import outbound_flow
 from meshlib._engine.runtime import build_runtime
 from meshlib._model import Attempt, Call, Deliver, Outcome, Reply, Send, Sleep
 from meshlib._model.call import Memo
 from tests.engine.test_dns_endpoints import DNS_ENTRY, FakeResolver
 from tests.engine.test_dns_endpoints import runtime as dns_runtime
-from tests.engine.test_outbound_flow import HOST, NS, SERVICE, World, call, drive, rule, vs, world
+from tests.engine.test_outbound_flow import (
+    HOST,
+    NS,
+    SERVICE,
+    Headers,
+    World,
+    call,
+    drive,
+    rule,
+    vs,
+    world,
+)
 
 TO = "    route: [{destination: {host: reviews}}]"
 ROUTES = {
@@ -37,7 +53,39 @@ ROUTES = {
     ),
     "no subset": vs("  - route: [{destination: {host: reviews, subset: v9}}]"),
     "retries": vs("  - retries: {attempts: 3, retryOn: 5xx}\n" + TO),
+    "paths": vs(
+        "  - match: [{uri: {prefix: /only}}, {uri: {exact: /p}, ignoreUriCase: true}]\n"
+        "    route: [{destination: {host: reviews, subset: v2}}]\n"
+        "  - route: [{destination: {host: reviews, subset: v1}}]"
+    ),
+    "method and scheme": vs(
+        "  - match: [{method: {exact: POST}}, {scheme: {exact: https}}]\n"
+        "    route: [{destination: {host: reviews, subset: v2}}]\n"
+        "  - route: [{destination: {host: reviews, subset: v1}}]"
+    ),
+    "authority": vs(
+        "  - match: [{authority: {prefix: reviews.default}}]\n"
+        "    route: [{destination: {host: reviews, subset: v2}}]\n"
+        "  - route: [{destination: {host: reviews, subset: v1}}]"
+    ),
+    "header match": vs(
+        "  - match: [{headers: {x-user: {exact: jason}}}]\n"
+        "    route: [{destination: {host: reviews, subset: v2}}]\n"
+        "  - route: [{destination: {host: reviews, subset: v1}}]"
+    ),
+    "query match": vs(
+        "  - match: [{queryParams: {v: {exact: '2'}}}]\n"
+        "    route: [{destination: {host: reviews, subset: v2}}]\n"
+        "  - route: [{destination: {host: reviews, subset: v1}}]"
+    ),
 }
+REQUESTS = st.tuples(
+    st.sampled_from(["/p", "/P", "/only/x", "/q?v=2", "/q?v=1"]),
+    st.sampled_from(["GET", "POST"]),
+    st.sampled_from(["http", "https"]),
+    st.sampled_from(["reviews:9080", "reviews.default.svc.cluster.local:9080", "example.org"]),
+    st.sampled_from([(), (("x-user", "jason"),)]),
+)
 POLICIES = {
     "plain": "",
     "cookie": "  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n"
@@ -81,36 +129,86 @@ def trace(w: World, calls: list[Call], answers: list[int]) -> list[Any]:
     return seen
 
 
-@settings(max_examples=60, deadline=None)
+def request(spec: tuple[str, str, str, str, tuple[tuple[str, str], ...]]) -> Call:
+    path, method, scheme, authority, headers = spec
+    host, _, port = authority.partition(":")
+    return Call(
+        protocol="http",
+        method=method,
+        scheme=scheme,
+        authority=authority,
+        host=host,
+        port=int(port or 80),
+        path=path,
+        headers=Headers(headers),
+    )
+
+
+def afresh() -> Any:
+    """Nothing is kept: every request is routed from scratch (the reference)."""
+    return patch.object(outbound, "MAX_KEYED_ROUTINGS", 0)
+
+
+@settings(max_examples=150, deadline=None)
 @given(
     route=st.sampled_from(sorted(ROUTES)),
     policy=st.sampled_from(sorted(POLICIES)),
     seed=st.integers(0, 2**16),
-    answers=st.lists(st.sampled_from([200, 200, 503]), min_size=1, max_size=12),
-    authority=st.sampled_from(["reviews:9080", "example.org"]),
-    headers=st.sampled_from([(), (("x-user", "jason"),)]),
+    specs=st.lists(st.tuples(REQUESTS, st.sampled_from([200, 200, 503])), min_size=1, max_size=12),
 )
-def test_a_memoized_call_is_routed_exactly_as_fresh_calls_are(
+def test_kept_decisions_route_exactly_as_routing_afresh(
     route: str,
     policy: str,
     seed: int,
-    answers: list[int],
-    authority: str,
-    headers: tuple[tuple[str, str], ...],
+    specs: list[tuple[tuple[str, str, str, str, tuple[tuple[str, str], ...]], int]],
 ) -> None:
     text = SERVICE + rule(POLICIES[policy]) + ROUTES[route]
+    answers = [status for _, status in specs]
+    with afresh():
+        expected = trace(world(text, seed=seed), [request(r) for r, _ in specs], answers)
+    # Kept per generation, by what the route table reads of each request.
+    assert trace(world(text, seed=seed), [request(r) for r, _ in specs], answers) == expected
+    # Kept on one Call sent again and again.
+    first = specs[0][0]
+    with afresh():
+        expected = trace(world(text, seed=seed), [request(first) for _ in specs], answers)
+    reused = memoized(request(first))
+    assert trace(world(text, seed=seed), [reused] * len(specs), answers) == expected
 
-    def fresh() -> Call:
-        return call("/p", authority=authority, headers=headers)
 
-    reused = memoized(fresh())
-    expected = trace(world(text, seed=seed), [fresh() for _ in answers], answers)
-    assert trace(world(text, seed=seed), [reused] * len(answers), answers) == expected
+@pytest.mark.parametrize(
+    ("route", "varied"),
+    [
+        ("paths", [("/p", "GET", "http"), ("/x", "GET", "http"), ("/only/y", "GET", "http")]),
+        ("method and scheme", [("/p", "GET", "http"), ("/p", "POST", "http")]),
+        ("method and scheme", [("/p", "GET", "http"), ("/p", "GET", "https")]),
+        ("authority", [("/p", "GET", "http")]),
+        ("header match", [("/p", "GET", "http")]),
+        ("query match", [("/q?v=1", "GET", "http"), ("/q?v=2", "GET", "http")]),
+    ],
+)
+def test_requests_that_differ_in_what_the_table_reads_are_routed_apart(
+    route: str, varied: list[tuple[str, str, str]]
+) -> None:
+    text = SERVICE + rule() + ROUTES[route]
+    specs = [
+        (path, method, scheme, authority, headers)
+        for authority in ("reviews:9080", "reviews.default:9080")
+        for headers in ((), (("x-user", "jason"),))
+        for path, method, scheme in varied
+    ]
+    specs = specs + specs[::-1]
+    answers = [200] * len(specs)
+    with afresh():
+        expected = trace(world(text), [request(r) for r in specs], answers)
+    assert len({repr(step) for step in expected[:-1]}) > 2  # the requests went different ways
+    assert trace(world(text), [request(r) for r in specs], answers) == expected
 
 
-def test_the_memo_follows_a_new_snapshot() -> None:
+@pytest.mark.parametrize("keep", [memoized, lambda c: c], ids=["memoized", "keyed"])
+def test_kept_decisions_follow_a_new_snapshot(keep: Callable[[Call], Call]) -> None:
     w = world(SERVICE + rule() + vs("  - route: [{destination: {host: reviews, subset: v1}}]"))
-    c = memoized(call())
+    c = keep(call())
     assert _subsets(w, c) == {"v1"}
     moved = ConfigSource.from_text(
         SERVICE + rule() + vs("  - route: [{destination: {host: reviews, subset: v2}}]"),
@@ -120,10 +218,11 @@ def test_the_memo_follows_a_new_snapshot() -> None:
     assert _subsets(w, c) == {"v2"}
 
 
-def test_the_memo_follows_new_dns_answers() -> None:
+@pytest.mark.parametrize("keep", [memoized, lambda c: c], ids=["memoized", "keyed"])
+def test_kept_decisions_follow_new_dns_answers(keep: Callable[[Call], Call]) -> None:
     resolver = FakeResolver({"bare.example.com": ("198.51.100.1",)})
     rt = dns_runtime(resolver)
-    c = memoized(call(authority="bare.example.com"))
+    c = keep(call(authority="bare.example.com"))
     w = World(rt, clock=None)  # type: ignore[arg-type]
     assert _addresses(w, c) == {"198.51.100.1"}
     resolver.set("bare.example.com", ("198.51.100.3",))
