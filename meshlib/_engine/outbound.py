@@ -298,36 +298,23 @@ class _Destined:
 class _Routing:
     """What routing decides for a Call under one snapshot: nothing in it is drawn at random.
 
-    Kept, with each destination's :class:`_Destined` once drawn, for as long as the snapshot
-    and the DNS answers stay: on a Call that a driver sends again (``Call.memo``), and in the
-    runtime for requests that agree on everything their host's route table reads.
+    Kept, with each destination's :class:`_Destined` once drawn, for as long as the runtime's
+    dict of decisions for the snapshot and DNS answers stays the same: on a Call that a driver
+    sends again (``Call.memo``), and in that dict for requests that agree on everything their
+    host's route table reads.
     """
 
-    __slots__ = (
-        "destined",
-        "dns_version",
-        "match_index",
-        "passthrough",
-        "reply",
-        "route",
-        "runtime",
-        "service",
-        "snapshot",
-    )
+    __slots__ = ("destined", "match_index", "passthrough", "reply", "route", "service", "snapshot")
 
     def __init__(
         self,
-        runtime: OutboundRuntime,
         snapshot: MeshSnapshot,
-        dns_version: int,
         service: str,
         route: Route | None,
         match_index: int,
         reply: Reply | None,
     ) -> None:
-        self.runtime = runtime
         self.snapshot = snapshot
-        self.dns_version = dns_version
         self.passthrough = route is None and reply is None
         """Outside the mesh: behave like the plain client."""
         self.service = service
@@ -335,31 +322,25 @@ class _Routing:
         self.match_index = match_index
         self.reply = reply
         """A local answer that involves no destination: no route, a redirect, a direct response."""
-        self.destined: dict[int, _Destined] | None = None
-        """Per destination (by identity), filled as they are drawn (kept decisions only)."""
+        self.destined: dict[int, _Destined] = {}
+        """Per destination (by identity), filled as they are drawn."""
 
 
 def _routing(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot) -> _Routing:
-    resolver = runtime.resolver
-    version = 0 if resolver is None else resolver.version
+    # A new dict whenever the snapshot or the DNS answers change: a decision held against this
+    # one is current exactly while it is the same dict (per runtime, so per cluster registry).
+    decided = runtime.routings(snapshot)
     memo = call.memo
-    if memo is not None:
-        known = memo.value
-        if (
-            type(known) is _Routing
-            and known.snapshot is snapshot
-            and known.runtime is runtime
-            and known.dns_version == version
-        ):
-            return known
+    if memo is not None and memo.basis is decided and type(held := memo.value) is _Routing:
+        return held
     # 1. The host decides everything else; one snapshot for the whole request.
     config = snapshot.lookup_host(call.authority, call.port)
     table = None if config is None else config.routes
     reads = READS_NOTHING if table is None else table.reads
     if config is None:
-        routing = _Routing(runtime, snapshot, version, call.host, None, -1, None)
+        routing = _Routing(snapshot, call.host, None, -1, None)
     elif reads is None:  # the choice reads headers or the like: routed afresh each time
-        routing = _route(call, runtime, snapshot, version, config.host, table)
+        routing = _route(call, snapshot, config.host, table)
     else:
         # Keyed by every part of the request the choice (and the destinations' clusters and
         # upstream requests) depends on: requests with the same key share one decision.
@@ -372,30 +353,20 @@ def _routing(call: Call, runtime: OutboundRuntime, snapshot: MeshSnapshot) -> _R
             call.scheme if reads.scheme else None,
             call.authority if reads.authority else None,
         )
-        decided = runtime.routings(snapshot)
         found = decided.get(key)
         if type(found) is _Routing:
             routing = found
         else:
-            routing = _route(call, runtime, snapshot, version, config.host, table)
-            routing.destined = {}
+            routing = _route(call, snapshot, config.host, table)
             if len(decided) < MAX_KEYED_ROUTINGS:  # many distinct paths: keep the first ones
                 decided[key] = routing
     if memo is not None:
-        if routing.destined is None:
-            routing.destined = {}
+        memo.basis = decided
         memo.value = routing
     return routing
 
 
-def _route(
-    call: Call,
-    runtime: OutboundRuntime,
-    snapshot: MeshSnapshot,
-    version: int,
-    service: str,
-    table: RouteTable | None,
-) -> _Routing:
+def _route(call: Call, snapshot: MeshSnapshot, service: str, table: RouteTable | None) -> _Routing:
     # Routes carry destination, timeout, retries and faults, so they are matched first.
     if table is None:
         route: Route = default_route(service, None)
@@ -403,7 +374,7 @@ def _route(
     else:
         matched = match_route(table, call, call.port)
         if matched is None:
-            return _Routing(runtime, snapshot, version, service, None, -1, NO_ROUTE_REPLY)
+            return _Routing(snapshot, service, None, -1, NO_ROUTE_REPLY)
         route, match_index = matched
     # Redirects and direct responses are local answers: no destination is involved.
     reply = None
@@ -411,13 +382,16 @@ def _route(
         reply = redirect_reply(route, match_index, call)
     elif route.direct_response is not None:
         reply = direct_reply(route)
-    return _Routing(runtime, snapshot, version, service, route, match_index, reply)
+    return _Routing(snapshot, service, route, match_index, reply)
 
 
 def _destine(
-    call: Call, routing: _Routing, route: Route, destination: RouteDestination
+    call: Call,
+    runtime: OutboundRuntime,
+    routing: _Routing,
+    route: Route,
+    destination: RouteDestination,
 ) -> _Destined:
-    runtime = routing.runtime
     port = destination.port or call.port
     dns_name = call.host if destination.host == routing.service else destination.host
     target = runtime.cluster_for(
@@ -483,13 +457,9 @@ def _routed(
         # 3. One weighted destination per request: retries stay inside it.
         destination = choose_destination(route, rng)
         known = routing.destined
-        if known is None:
-            destined = _destine(call, routing, route, destination)
-        else:
-            found = known.get(id(destination))  # the route (in the snapshot) keeps it alive
-            if found is None:
-                found = known[id(destination)] = _destine(call, routing, route, destination)
-            destined = found
+        destined = known.get(id(destination))  # the route (in the snapshot) keeps it alive
+        if destined is None:
+            destined = known[id(destination)] = _destine(call, runtime, routing, route, destination)
         target = destined.target
         if target is None:
             yield _final(request, NO_CLUSTER_REPLY)

@@ -258,7 +258,7 @@ class OutboundRuntime:
 
         ``dns_name`` is what to resolve when the configuration lists no endpoints.
         """
-        self._current(snapshot)
+        self.routings(snapshot)  # drops a past generation's targets too
         key = (host, subset, port)
         try:
             return self._cache[key]
@@ -271,10 +271,6 @@ class OutboundRuntime:
     def routings(self, snapshot: MeshSnapshot) -> dict[Hashable, object]:
         """The outbound flow's routing decisions for this snapshot and these DNS answers, by
         what each was derived from (a fresh dict when either changed)."""
-        self._current(snapshot)
-        return self._routings
-
-    def _current(self, snapshot: MeshSnapshot) -> None:
         resolver = self.resolver
         version = 0 if resolver is None else resolver.version
         if snapshot is not self._cache_snapshot or version != self._cache_version:
@@ -284,6 +280,7 @@ class OutboundRuntime:
             self._routings = {}
             self._cache_snapshot = snapshot
             self._cache_version = version
+        return self._routings
 
     def _build_target(
         self,

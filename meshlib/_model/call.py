@@ -67,12 +67,13 @@ def _segment_after(principal: str | None, key: str) -> str | None:
 
 class Memo:
     """Where the engine keeps what it derived from a Call that a driver sends again and again
-    (a gRPC method without metadata). The engine alone reads and writes ``value``; the value
-    says itself what it was derived from (a config generation...), so a stale one is rebuilt."""
+    (a gRPC method without metadata). The engine alone reads and writes it: ``value`` holds
+    while ``basis`` is still the engine's current one (a config generation...)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("basis", "value")
 
     def __init__(self) -> None:
+        self.basis: object = None
         self.value: object = None
 
 
