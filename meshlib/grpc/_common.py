@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc
 
-from meshlib._engine.outbound import DEADLINE_SLACK, Fail, FlowCommand, outbound_flow
+from meshlib._engine.outbound import DEADLINE_SLACK, Fail, FlowCommand, conclude, outbound_flow
 from meshlib._engine.runtime import OutboundRuntime
 from meshlib._engine.snapshot import MeshSnapshot
 from meshlib._identity.grpc_credentials import grpc_channel_credentials
@@ -700,6 +700,7 @@ class Drive:
     def finish(self, command: FlowCommand) -> Deliver:
         """The final command: a Deliver is returned (the caller now owns :attr:`entry`,
         :attr:`value` and :attr:`guard`), a local reply or failure is raised."""
+        conclude(self.flow)
         if type(command) is Deliver:
             return command
         if type(command) is Reply:

@@ -18,7 +18,7 @@ import httpcore
 import httpx
 import sniffio
 
-from meshlib._engine.outbound import Fail, WaitSlot, outbound_flow
+from meshlib._engine.outbound import Fail, WaitSlot, conclude, outbound_flow
 from meshlib._engine.runtime import OutboundRuntime
 from meshlib._model.call import Call
 from meshlib._model.commands import Attempt, Deliver, Reply, Send, Sleep, TlsOrigination
@@ -325,6 +325,7 @@ class MeshTransport(httpx.BaseTransport):
                     outcome, pending, error = self._send(request, call, attempt, timeouts)
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
+                    conclude(flow)
                     assert pending is not None
                     response, lease = pending
                     pending = None
@@ -342,6 +343,7 @@ class MeshTransport(httpx.BaseTransport):
                         extensions=_with_info(response, command, attempts, endpoint),
                     )
                 elif isinstance(command, Reply):
+                    conclude(flow)
                     return local_response(
                         command, attempts, None if endpoint is None else str(endpoint)
                     )
@@ -352,6 +354,7 @@ class MeshTransport(httpx.BaseTransport):
                     command = flow.send(wait_slot_blocking(command))
                 else:
                     assert isinstance(command, Fail)
+                    conclude(flow)
                     raise_for(error, request, command.outcome)
                     raise AssertionError("unreachable")  # pragma: no cover
         finally:
@@ -568,6 +571,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     outcome, pending, error = await self._send(request, call, attempt, timeouts)
                     command = flow.send(outcome)
                 elif isinstance(command, Deliver):
+                    conclude(flow)
                     assert pending is not None
                     response, lease = pending
                     pending = None
@@ -585,6 +589,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                         extensions=_with_info(response, command, attempts, endpoint),
                     )
                 elif isinstance(command, Reply):
+                    conclude(flow)
                     return local_response(
                         command, attempts, None if endpoint is None else str(endpoint)
                     )
@@ -599,6 +604,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     command = flow.send(await wait_slot_async(command))
                 else:
                     assert isinstance(command, Fail)
+                    conclude(flow)
                     raise_for(error, request, command.outcome)
                     raise AssertionError("unreachable")  # pragma: no cover
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from meshlib._engine.outbound import (
     Fail,
     FlowCommand,
     WaitSlot,
+    conclude,
     outbound_flow,
 )
 from meshlib._engine.runtime import (
@@ -220,9 +222,9 @@ def drive(
                 assert wait is not None, "unexpected WaitSlot"
                 command = flow.send(wait(command))
             else:
-                # A driver may resume the flow after its final command: it just ends.
-                with pytest.raises(StopIteration):
-                    flow.send(None)
+                # After its final command a driver concludes the flow: it just ends.
+                conclude(flow)
+                assert inspect.getgeneratorstate(flow) == inspect.GEN_CLOSED
                 break
         else:  # pragma: no cover
             raise AssertionError("flow did not end")
