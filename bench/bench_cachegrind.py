@@ -2,6 +2,7 @@
 move with the machine's load.
 
     python bench/bench_cachegrind.py [--requests N] [--l2 BYTES] [--http-only | --grpc-only]
+    python bench/bench_cachegrind.py --footprint [--requests N] [--http-only | --grpc-only]
 
 Each client runs in its own process under valgrind's cachegrind, once with no measured
 requests and once with N, after the same warm-up; the difference divided by N is what one
@@ -12,6 +13,13 @@ once up front, so no child generates a key. Routes get long timeouts: valgrind r
 about 50 times slower. Wall-clock benches answer "how long"; this one answers "how much work and
 how many trips past L2", without the noise of a shared machine. Needs ``valgrind`` (skipped,
 saying so, without it).
+
+``--footprint``: how much code and data one request touches. No network: the drivers answer
+from memory (as ``bench_http.py --driver`` and ``bench_grpc.py --driver`` do), and before each
+request the child copies a buffer eight times the modelled L2, so every request starts from
+cold caches, as a real one does after its I/O. Misses per request, mesh minus bare, are then
+the lines (64 bytes) of native code (the interpreter's, for what the Python runs) and of data
+(bytecode, constants, objects) the mesh's work brings back from beyond L2.
 """
 
 from __future__ import annotations
@@ -118,6 +126,44 @@ def grpc_child(variant: str, folder: str, port: int, count: int) -> None:
     channel.close()
 
 
+def memory_child(kind: str, variant: str, count: int, l2: int) -> None:
+    """``--footprint``: requests answered from memory, each after evicting the modelled L2."""
+    if kind == "http-memory":
+        import bench_http
+        import httpx
+
+        from meshlib.httpx import MeshTransport
+
+        bench_http.answer_from_memory()
+        setup = bench_http.Setup(bench_http.free_port(), None)  # nothing listens or is sent
+        if variant == "bare":
+            client, url = httpx.Client(), setup.bare_url
+        else:
+            client, url = httpx.Client(transport=MeshTransport(setup.runtime)), setup.mesh_url
+
+        def request() -> None:
+            client.get(url).read()
+
+    else:
+        import bench_grpc
+
+        if variant == "bare":
+            call = bench_grpc._AnsweringChannel().unary_unary(bench_grpc.UNARY)
+        else:
+            channel = bench_grpc.answering_mesh_channel()[0]
+            call = channel.unary_unary(bench_grpc.UNARY)
+
+        def request() -> None:
+            call(bench_grpc.PAYLOAD, timeout=600)
+
+    for _ in range(WARMUP):
+        request()
+    evicted, source = bytearray(8 * l2), bytes(8 * l2)
+    for _ in range(count):
+        evicted[:] = source
+        request()
+
+
 def counters(
     kind: str, variant: str, folder: str, port: int, count: int, l2: int
 ) -> dict[str, int]:
@@ -129,6 +175,8 @@ def counters(
         "--cachegrind-out-file=/dev/null",
         sys.executable,
         __file__,
+        "--l2",
+        str(l2),
         "--child",
         kind,
         variant,
@@ -157,12 +205,16 @@ def per_request(kind: str, folder: str, port: int, count: int, l2: int) -> None:
         idle = counters(kind, variant, folder, port, 0, l2)
         busy = counters(kind, variant, folder, port, count, l2)
         figures[variant] = {name: (busy[name] - idle[name]) / count for name in COUNTERS}
-    print(f"{kind}, per request ({count} requests, modelled L2 {l2 // 1024} KiB)")
+    heading = f"{kind}, per request ({count} requests, modelled L2 {l2 // 1024} KiB)"
+    if kind.endswith("-memory"):
+        heading += ", answered from memory, caches evicted before each request"
+    print(heading)
     print(f"  {'':18s} {'bare':>11s} {'mesh':>11s} {'added':>11s}")
     for name in COUNTERS:
         bare, mesh = figures["bare"][name], figures["mesh"][name]
         added = mesh - bare
-        share = f"({added / bare:+.1%})" if bare else ""
+        # Answered from memory, bare touches almost nothing: a share of it says nothing.
+        share = f"({added / bare:+.1%})" if bare and not kind.endswith("-memory") else ""
         print(f"  {name:18s} {bare:11,.0f} {mesh:11,.0f} {added:+11,.0f} {share}")
 
 
@@ -186,17 +238,33 @@ def main() -> None:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--http-only", action="store_true")
     only.add_argument("--grpc-only", action="store_true")
+    parser.add_argument(
+        "--footprint", action="store_true", help="no network, caches evicted before each request"
+    )
     args = parser.parse_args()
     if args.child:
         kind, variant, folder, port, count = args.child
-        child = http_child if kind == "http" else grpc_child
-        child(variant, folder, int(port), int(count))
+        if kind.endswith("-memory"):
+            memory_child(kind, variant, int(count), args.l2)
+        else:
+            child = http_child if kind == "http" else grpc_child
+            child(variant, folder, int(port), int(count))
         return
     if shutil.which("valgrind") is None:
         print("bench_cachegrind: valgrind is not installed; skipped")
         return
     import bench_grpc
     import bench_http
+
+    if args.footprint:
+        names = ["http-memory", "grpc-memory"]
+        if args.http_only:
+            names = names[:1]
+        elif args.grpc_only:
+            names = names[1:]
+        for name in names:
+            per_request(name, "-", 0, args.requests, args.l2)
+        return
 
     with tempfile.TemporaryDirectory() as folder:
         write_identity(folder)

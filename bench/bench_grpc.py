@@ -298,29 +298,36 @@ class _AnsweringChannel:
         return None
 
 
+def answering_mesh_channel() -> tuple[MeshChannel, RotatingIdentity]:
+    """A MeshChannel (this bench's routes, mTLS) whose endpoint channels answer at once, and
+    its identity (close both when done)."""
+    identity = RotatingIdentity(StaticSource(LocalCA.generate().issue(NAMESPACE, "client")))
+    source = ConfigSource.from_text(config(9090, True), namespace=NAMESPACE)
+    channel = MeshChannel(build_runtime(source, identity), "bench:9090")
+    channel._pool._factory = lambda address, credentials, options: _AnsweringChannel()
+    return channel, identity
+
+
 def driver_only(n: int, rounds: int) -> None:
-    from meshlib._engine.outbound import outbound_flow
+    from meshlib._engine.outbound import conclude, outbound_flow
     from meshlib._model.commands import Send
     from meshlib._model.outcome import Outcome
     from meshlib.grpc._common import build_call, parse_target
 
-    identity = RotatingIdentity(StaticSource(LocalCA.generate().issue(NAMESPACE, "client")))
-    source = ConfigSource.from_text(config(9090, True), namespace=NAMESPACE)
-    runtime = build_runtime(source, identity)
-    channel = MeshChannel(runtime, "bench:9090")
-    channel._pool._factory = lambda address, credentials, options: _AnsweringChannel()
+    channel, identity = answering_mesh_channel()
+    runtime = channel.runtime
     mesh = channel.unary_unary(UNARY)
     call = build_call(parse_target("bench:9090"), UNARY, None, replayable=True)
     started, ok = Outcome(status=200), Outcome(status=200, grpc_status=0)
 
     def flow(payload: bytes, timeout: float) -> None:
-        # The least a driver can do: answer every Send, complete the Deliver, close.
+        # The least a driver can do: answer every Send, complete the Deliver, conclude.
         steps = outbound_flow(call, runtime, caller_timeout=timeout)
         command = next(steps)
         while type(command) is Send:
             command = steps.send(started)
         command.complete(ok)  # type: ignore[union-attr]
-        steps.close()
+        conclude(steps)
 
     def batch_mean(fn: Any) -> float:
         start = time.perf_counter()

@@ -278,13 +278,18 @@ class _AnsweringConnection(httpcore.HTTPConnection):
         return False
 
 
+def answer_from_memory() -> None:
+    """Every httpcore connection of this process answers from memory (the bench's own child)."""
+    httpcore.HTTPConnection.handle_request = _AnsweringConnection.handle_request  # type: ignore[method-assign]
+    for name in ("is_available", "is_idle", "is_closed", "has_expired"):
+        setattr(httpcore.HTTPConnection, name, getattr(_AnsweringConnection, name))
+
+
 def driver_only(n: int, rounds: int) -> None:
     """Client CPU per request without the network, bare and mesh answering from the same
     in-memory connection: meshlib's code (flow, driver, metrics) less the pool bookkeeping it
     skips, without the noise of sockets and the other process (nor the cost of the headers)."""
-    httpcore.HTTPConnection.handle_request = _AnsweringConnection.handle_request  # type: ignore[method-assign]
-    for name in ("is_available", "is_idle", "is_closed", "has_expired"):
-        setattr(httpcore.HTTPConnection, name, getattr(_AnsweringConnection, name))
+    answer_from_memory()
     setup = Setup(free_port(), None)  # nothing listens: nothing is ever sent
     bare = httpx.Client()
     mesh = httpx.Client(transport=MeshTransport(setup.runtime))
