@@ -535,8 +535,9 @@ def _routed(
         # Whatever an unfinished attempt still holds goes back (errors, cancellation).
         request.end_attempt()
     if delivered is not None:
-        # Yielded here, outside every handler: closing the flow after a Deliver (which every
-        # driver does) then unwinds nothing. The Deliver already owns the attempt's permits.
+        # Yielded here, outside every handler: a driver that closes the flow after a Deliver
+        # instead of concluding it (an error while building its response) reports no DC for
+        # an answer it got. The Deliver already owns the attempt's permits.
         yield delivered
 
 
