@@ -112,9 +112,9 @@ def loaded(names):
     )
 
 def built_models():
-    from pydantic import BaseModel
+    from meshlib._config.edge import EdgeModel
 
-    found, todo = set(), [BaseModel]
+    found, todo = set(), [EdgeModel]
     while todo:
         for model in todo.pop().__subclasses__():
             if model.__module__.startswith("meshlib.") and model.__name__ not in found:
@@ -378,4 +378,18 @@ def test_the_context_helpers_leave_the_thread_pool_module_for_the_executor() -> 
             pass
         else:
             raise AssertionError("context.NoSuchName resolved")
+    """)
+
+
+def test_no_configuration_loads_pydantic_itself() -> None:
+    # The CRD models are validated by pydantic-core alone; pydantic's Python layer would add
+    # about 6 MB to every process (docs/performance.md, memory).
+    run("""
+        import meshlib
+
+        mesh = meshlib.Mesh.from_text(CONFIG + "---" + SECURITY, namespace="default")
+        assert mesh.snapshot.authorization is not None
+        assert "pydantic_core" in sys.modules
+        assert not loaded(["pydantic"]), loaded(["pydantic"])
+        mesh.close()
     """)

@@ -1,1 +1,1 @@
-"""The config plane: Istio YAML in, an immutable MeshSnapshot out (pydantic at the edge only)."""
+"""The config plane: Istio YAML in, an immutable MeshSnapshot out (pydantic-core at the edge)."""

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, ValidationError
 
 from meshlib._config.issues import ConfigIssue, Severity
 from meshlib._config.resources import API_VERSIONS, RESOURCE_MODELS
@@ -488,7 +487,7 @@ def _within(path: str, ancestor: str) -> bool:
 
 
 def _drop(tree: Any, loc: Sequence[int | str]) -> Sequence[int | str]:
-    """Delete the value at ``loc`` (a pydantic error location) from nested dicts and lists;
+    """Delete the value at ``loc`` (a pydantic-core error location) from nested dicts and lists;
     returns the location of what was removed (the whole list when an item was popped, since the
     indexes after it moved)."""
     *parents, last = loc
@@ -496,7 +495,11 @@ def _drop(tree: Any, loc: Sequence[int | str]) -> Sequence[int | str]:
         for key in parents:
             tree = tree[key]
         del tree[last]
-    except (KeyError, IndexError, TypeError):  # pragma: no cover - pydantic read these very keys
+    except (
+        KeyError,
+        IndexError,
+        TypeError,
+    ):  # pragma: no cover - pydantic-core read these very keys
         return loc
     return loc[:-1] if isinstance(tree, list) else loc
 
@@ -534,15 +537,14 @@ _TYPE_MESSAGES = {
     "bool_type": "expected a boolean",
     "bool_parsing": "expected a boolean",
     "dict_type": "expected a mapping",
-    "model_type": "expected a mapping",
-    "model_attributes_type": "expected a mapping",
+    "dataclass_type": "expected a mapping",
     "list_type": "expected a list",
     "missing": "missing required field",
 }
 
 
 def describe_error(detail: ErrorDetails) -> tuple[str, str]:
-    """A pydantic error as (dotted field path, human message)."""
+    """A pydantic-core error as (dotted field path, human message)."""
     loc = list(detail["loc"])
     kind = detail["type"]
     ctx = detail.get("ctx") or {}
@@ -550,7 +552,7 @@ def describe_error(detail: ErrorDetails) -> tuple[str, str]:
     if about_key:
         loc.pop()
     path = format_path(loc)
-    if kind == "extra_forbidden":
+    if kind == "unexpected_keyword_argument":
         return path, f"unknown field '{loc[-1]}'"
     if kind == "literal_error":
         return path, f"unknown value {detail['input']!r}: expected {ctx.get('expected', '')}"

@@ -1,4 +1,4 @@
-"""Pydantic models of the Istio resources meshlib reads (the edge; never used on the hot path).
+"""Models of the Istio resources meshlib reads (the edge; never used on the hot path).
 
 Field lists follow the istio/api protos (networking v1alpha3 = v1beta1 = v1, security v1beta1 = v1).
 Every field is optional with a ``None`` default so that an absent field stays distinct from a zero;
@@ -7,8 +7,9 @@ problem of a document is reported at once. Durations stay strings (``durations.p
 Class names are the proto message names; nested messages whose short name would clash get their
 parent's name as prefix (``HTTPCookieAttribute``, ``LocalityFailover``...).
 
-The security kinds' models live in ``resources_security.py`` and are built on first use (each
-pydantic model class costs tens of KB of memory): this module still exposes them by name.
+The models are ``edge.EdgeModel`` classes (validated by pydantic-core; see ``edge.py`` for why not
+pydantic's ``BaseModel``). The security kinds' models live in ``resources_security.py`` and are
+imported on first use: this module still exposes them by name.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
+from meshlib._config.edge import Before, EdgeModel, Strict, camel, field
 
 __all__ = [
     "API_VERSIONS",
@@ -113,14 +114,7 @@ UINT64_MAX = 2**64 - 1
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
-def camel(name: str) -> str:
-    """lowerCamelCase YAML key of a snake_case proto field (``consecutive_5xx_errors`` ->
-    ``consecutive5xxErrors``; a trailing ``_`` that avoids a Python keyword is dropped)."""
-    head, *rest = name.rstrip("_").split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def _integer(low: int, high: int) -> BeforeValidator:
+def _integer(low: int, high: int) -> Before:
     # Kubernetes YAML sometimes quotes numbers; booleans and fractions are never integers.
     def check(value: object) -> int:
         if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
@@ -131,7 +125,7 @@ def _integer(low: int, high: int) -> BeforeValidator:
             raise ValueError(f"expected an integer between {low} and {high}")
         return value
 
-    return BeforeValidator(check)
+    return Before(check)
 
 
 def _double(value: object) -> float:
@@ -151,19 +145,15 @@ def _double(value: object) -> float:
 Int32 = Annotated[int, _integer(INT32_MIN, INT32_MAX)]
 UInt32 = Annotated[int, _integer(0, UINT32_MAX)]
 UInt64 = Annotated[int, _integer(0, UINT64_MAX)]
-Double = Annotated[float, BeforeValidator(_double)]
+Double = Annotated[float, Before(_double)]
+StrictBool = Annotated[bool, Strict()]
 Duration = str
 """A duration as written (``"1.5s"``, ``"180.000s"``); parsed by ``durations.py``."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=camel,
-        populate_by_name=True,
-        frozen=True,
-        strict=False,
-    )
+class _Model(EdgeModel):
+    """Every spec model: fields in snake_case, read from camelCase keys (snake_case accepted too);
+    an unknown key is an error."""
 
 
 # ---------------------------------------------------------------------------------- shared
@@ -676,21 +666,16 @@ class Resource(_Model):
     """The Kubernetes envelope. Use the per-kind subclass from ``RESOURCE_MODELS`` so that ``spec``
     is typed by ``kind`` and one validation reports every problem of the document."""
 
-    # Never validated itself (only its per-kind subclasses are), so its validator, which would
-    # hold every kind's spec, is not built; the subclasses build theirs.
-    model_config = ConfigDict(defer_build=True)
-
     api_version: str
     kind: str
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    metadata: ObjectMeta = field(default_factory=ObjectMeta)
     spec: _Model | None = None
     """A spec model; each per-kind subclass narrows it to its kind's."""
-    status: Any = Field(default=None, exclude=True)
+    status: Any = field(default=None, exclude=True)
     """Written by istiod; ignored."""
 
-    @model_validator(mode="before")
     @classmethod
-    def _null_is_empty(cls, data: Any) -> Any:
+    def before_validation(cls, data: Any) -> Any:
         # ``spec:`` and ``metadata:`` with nothing after them are YAML nulls; Kubernetes stores {}.
         if isinstance(data, dict):
             data = dict(data)
@@ -700,27 +685,20 @@ class Resource(_Model):
         return data
 
 
-_BUILT = ConfigDict(defer_build=False)
-
-
 class VirtualService(Resource):
-    model_config = _BUILT
-    spec: VirtualServiceSpec = Field(default_factory=VirtualServiceSpec)
+    spec: VirtualServiceSpec = field(default_factory=VirtualServiceSpec)
 
 
 class DestinationRule(Resource):
-    model_config = _BUILT
-    spec: DestinationRuleSpec = Field(default_factory=DestinationRuleSpec)
+    spec: DestinationRuleSpec = field(default_factory=DestinationRuleSpec)
 
 
 class ServiceEntry(Resource):
-    model_config = _BUILT
-    spec: ServiceEntrySpec = Field(default_factory=ServiceEntrySpec)
+    spec: ServiceEntrySpec = field(default_factory=ServiceEntrySpec)
 
 
 class WorkloadEntry(Resource):
-    model_config = _BUILT
-    spec: WorkloadEntrySpec = Field(default_factory=WorkloadEntrySpec)
+    spec: WorkloadEntrySpec = field(default_factory=WorkloadEntrySpec)
 
 
 _SECURITY_MODULE = "meshlib._config.resources_security"

@@ -1,4 +1,4 @@
-"""Pydantic models of the security.istio.io kinds: PeerAuthentication and AuthorizationPolicy.
+"""Models of the security.istio.io kinds: PeerAuthentication and AuthorizationPolicy.
 
 Part of ``resources.py`` (same conventions), kept apart so that they are built only when a
 document of one of these kinds is loaded or a caller names one of them: ``resources`` exposes
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from meshlib._config.resources import _BUILT, Resource, UInt32, WorkloadSelector, _Model
+from meshlib._config.edge import field
+from meshlib._config.resources import Resource, UInt32, WorkloadSelector, _Model
 
 __all__ = [
     "AuthorizationPolicy",
@@ -120,10 +119,8 @@ class AuthorizationPolicySpec(_Model):
 
 
 class PeerAuthentication(Resource):
-    model_config = _BUILT
-    spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)
+    spec: PeerAuthenticationSpec = field(default_factory=PeerAuthenticationSpec)
 
 
 class AuthorizationPolicy(Resource):
-    model_config = _BUILT
-    spec: AuthorizationPolicySpec = Field(default_factory=AuthorizationPolicySpec)
+    spec: AuthorizationPolicySpec = field(default_factory=AuthorizationPolicySpec)

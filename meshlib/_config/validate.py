@@ -20,8 +20,6 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
-
 from meshlib._config.durations import (
     DurationError,
     int_percent_error,
@@ -29,6 +27,7 @@ from meshlib._config.durations import (
     percent_error,
     validate_duration,
 )
+from meshlib._config.edge import EdgeModel
 from meshlib._config.issues import ConfigIssue, Severity
 from meshlib._config.resources import (
     ClientTLSSettings,
@@ -1727,7 +1726,7 @@ def unsupported_dry_run(v: _Validator) -> None:
 
 
 # ---------------------------------------- not enforced
-def _not_enforced(v: _Validator, kind: str, path: str, model: BaseModel) -> None:
+def _not_enforced(v: _Validator, kind: str, path: str, model: EdgeModel) -> None:
     _walk(v, f"{kind}:", path, path, model)
 
 
@@ -1753,11 +1752,11 @@ _DESCEND, _VALUE_ENTRIES = _index_not_enforced(NOT_ENFORCED)
 
 
 @functools.cache
-def _keys(model: type[BaseModel]) -> tuple[tuple[str, str], ...]:
+def _keys(model: type[EdgeModel]) -> tuple[tuple[str, str], ...]:
     return tuple((name, camel(name)) for name in model.model_fields)
 
 
-def _walk(v: _Validator, kind: str, pattern: str, path: str, model: BaseModel) -> None:
+def _walk(v: _Validator, kind: str, pattern: str, path: str, model: EdgeModel) -> None:
     # Only subtrees that can hold a listed entry are visited: this runs for every resource.
     for name, key in _keys(type(model)):
         value = getattr(model, name)
@@ -1766,12 +1765,12 @@ def _walk(v: _Validator, kind: str, pattern: str, path: str, model: BaseModel) -
         sub_pattern = f"{kind}{pattern}.{key}"
         if _listed(sub_pattern, value):
             v.warn(f"{path}.{key}", NOT_ENFORCED_MESSAGE, CODE_NOT_ENFORCED)
-        elif isinstance(value, BaseModel):
+        elif isinstance(value, EdgeModel):
             if sub_pattern in _DESCEND:
                 _walk(v, kind, f"{pattern}.{key}", f"{path}.{key}", value)
         elif isinstance(value, list) and f"{sub_pattern}[]" in _DESCEND:
             for i, item in enumerate(value):
-                if isinstance(item, BaseModel):
+                if isinstance(item, EdgeModel):
                     _walk(v, kind, f"{pattern}.{key}[]", f"{path}.{key}[{i}]", item)
 
 

@@ -10,9 +10,8 @@ import types
 import typing
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from meshlib._config import resources
+from meshlib._config.edge import EdgeModel
 from meshlib._config.validate import NOT_ENFORCED
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -20,10 +19,10 @@ BEGIN = "<!-- BEGIN GENERATED REFERENCE (tests/config_plane/test_docs.py) -->"
 END = "<!-- END GENERATED REFERENCE -->"
 
 
-def _models(annotation: object) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _models(annotation: object) -> list[type[EdgeModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, EdgeModel):
         return [annotation]
-    found: list[type[BaseModel]] = []
+    found: list[type[EdgeModel]] = []
     for arg in typing.get_args(annotation):
         found += _models(arg)
     return found
@@ -47,13 +46,13 @@ def _type_name(annotation: object) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def spec_models() -> list[type[BaseModel]]:
+def spec_models() -> list[type[EdgeModel]]:
     """Every model reachable from the resources' specs, in first-reached order."""
-    order: list[type[BaseModel]] = []
+    order: list[type[EdgeModel]] = []
     pending: list[object] = [
         model.model_fields["spec"].annotation for model in resources.RESOURCE_MODELS.values()
     ]
-    queue: list[type[BaseModel]] = [m for a in pending for m in _models(a)]
+    queue: list[type[EdgeModel]] = [m for a in pending for m in _models(a)]
     while queue:
         model = queue.pop(0)
         if model in order:
