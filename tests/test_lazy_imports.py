@@ -71,6 +71,8 @@ CLIENT_LAZY = (
     "meshlib._telemetry.accesslog",
     "meshlib._identity",
     "concurrent.futures",
+    "asyncio",
+    "meshlib.httpx._asyncio_backend",
     *SECURITY_LAZY,
 )
 """Modules (and packages: their submodules too) that the client-only path must not load."""

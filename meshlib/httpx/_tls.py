@@ -17,12 +17,15 @@ __all__ = ["MUTUAL", "SanMatcher", "mesh_backend", "origination_context"]
 MUTUAL = "MUTUAL"
 
 
-def mesh_backend(identity: ClientIdentity, peers: frozenset[str], *, is_async: bool) -> Any:
+def mesh_backend(
+    identity: ClientIdentity, peers: frozenset[str], *, is_async: bool, inner: Any = None
+) -> Any:
     """A network backend for one endpoint's pools.
 
     The backend presents the current SVID on every new connection (rotation needs no new
     pool) and rejects, before any request byte, a server whose SPIFFE ID is not in ``peers``
-    (any workload of our trust domain when ``peers`` is empty).
+    (any workload of our trust domain when ``peers`` is empty). ``inner`` opens the sockets
+    (httpcore's default backend when ``None``).
     """
     # Imported here: a plaintext mesh has no identity and never loads the mTLS machinery.
     from meshlib._identity.backend import AsyncMeshNetworkBackend, MeshNetworkBackend
@@ -38,8 +41,8 @@ def mesh_backend(identity: ClientIdentity, peers: frozenset[str], *, is_async: b
         return policy
 
     if is_async:
-        return AsyncMeshNetworkBackend(rotating, policy_for=policy_for)
-    return MeshNetworkBackend(rotating, policy_for=policy_for)
+        return AsyncMeshNetworkBackend(rotating, policy_for=policy_for, inner=inner)
+    return MeshNetworkBackend(rotating, policy_for=policy_for, inner=inner)
 
 
 def origination_context(settings: TlsOrigination) -> ssl.SSLContext:

@@ -528,13 +528,18 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self.runtime = runtime
         self._pools = AsyncPools(max_idle_per_endpoint)
         self._mirror_tasks: set[asyncio.Task[None]] = set()
+        # Imported here, as asyncio is: a sync-only process never loads either.
+        from meshlib.httpx._asyncio_backend import AsyncioBackend
+
+        self._backend = AsyncioBackend()
+        """Every connection's sockets (mTLS ones through the identity's backend around it)."""
 
     def _factory(self, key: PoolKey) -> Any:
         context, peers = self._base._tls_for(key)
-        backend = None
+        backend: Any = self._backend
         if peers is not None:
             assert self.runtime.identity is not None
-            backend = mesh_backend(self.runtime.identity, peers, is_async=True)
+            backend = mesh_backend(self.runtime.identity, peers, is_async=True, inner=backend)
         return connector(
             httpcore.AsyncHTTPConnection, key, context, backend, self._base._keepalive_expiry
         )

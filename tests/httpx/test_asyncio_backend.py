@@ -1,0 +1,385 @@
+"""The asyncio network backend of ``AsyncMeshTransport``: real sockets and TLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpcore
+import pytest
+import sniffio
+
+from meshlib.httpx._asyncio_backend import AsyncioBackend, AsyncioStream
+from meshlib.identity import LocalCA
+
+HOST = "api.test"
+JOIN_TIMEOUT = 10.0
+
+
+class OneShotServer:
+    """Accepts one connection on 127.0.0.1 (TLS when given a context) and runs ``script`` on it;
+    without a script it reads nothing, sends nothing and keeps the connection until closed."""
+
+    def __init__(
+        self,
+        script: Callable[[socket.socket], None] | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.done = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.script = script
+        self.context = context
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+            with conn:
+                if self.context is not None:
+                    try:
+                        conn = self.context.wrap_socket(conn, server_side=True)
+                    except (ssl.SSLError, OSError):
+                        return  # the client refused the handshake: what some tests want
+                if self.script is None:
+                    self.done.wait(JOIN_TIMEOUT)
+                else:
+                    self.script(conn)
+        except BaseException as error:
+            self.error = error
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+        self.thread.join(JOIN_TIMEOUT)
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context (a certificate for ``api.test``) and a client context that trusts it."""
+    folder: Path = tmp_path_factory.mktemp("pki")
+    ca = LocalCA.generate("example.org")
+    svid = ca.issue("default", "api", [HOST])
+    (folder / "server.pem").write_bytes(svid.cert_chain_pem)
+    (folder / "server.key").write_bytes(svid.private_key_pem)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(folder / "server.pem", folder / "server.key")
+    client = ssl.create_default_context(cadata=svid.bundle_pem.decode())
+    return server, client
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., OneShotServer]]:
+    servers: list[OneShotServer] = []
+
+    def start(
+        script: Callable[[socket.socket], None] | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> OneShotServer:
+        server = OneShotServer(script, context)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _echo_line(conn: socket.socket) -> None:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    conn.sendall(data.upper())
+
+
+async def _read_until(stream: httpcore.AsyncNetworkStream, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = await stream.read(65536, timeout=JOIN_TIMEOUT)
+        assert chunk, "the server closed early"
+        data += chunk
+    return data
+
+
+async def test_plain_round_trip_and_extra_info(serve: Callable[..., OneShotServer]) -> None:
+    server = serve(_echo_line)
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    assert isinstance(stream, AsyncioStream)
+    await stream.write(b"hello\n", timeout=JOIN_TIMEOUT)
+    assert await _read_until(stream, b"\n") == b"HELLO\n"
+    assert stream.get_extra_info("ssl_object") is None
+    assert stream.get_extra_info("server_addr") == ("127.0.0.1", server.port)
+    assert stream.get_extra_info("client_addr")[0] == "127.0.0.1"
+    sock = stream.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert stream.get_extra_info("no such thing") is None
+    assert await stream.read(1024, timeout=JOIN_TIMEOUT) == b""  # the server closed: EOF
+    assert stream.get_extra_info("is_readable")
+    await stream.aclose()
+    assert stream.get_extra_info("is_readable")  # a closed socket reads as EOF
+
+
+async def test_tls_round_trip_large_writes_and_ragged_eof(
+    serve: Callable[..., OneShotServer], pki: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = pki
+    payload = b"x" * 3_000_000 + b"\n"  # far more than the socket buffers: writes wait
+    server = serve(_echo_line, server_context)
+    backend = AsyncioBackend()
+    plain = await backend.connect_tcp("localhost", server.port, timeout=JOIN_TIMEOUT)
+    stream = await plain.start_tls(client_context, HOST, timeout=JOIN_TIMEOUT)
+    ssl_object = stream.get_extra_info("ssl_object")
+    assert isinstance(ssl_object, ssl.SSLSocket)
+    assert ssl_object.getpeercert(True)
+    await stream.write(payload, timeout=JOIN_TIMEOUT)
+    assert await _read_until(stream, b"\n") == payload.upper()
+    # The server closes without close_notify: the end of the stream, as for httpcore's anyio.
+    assert await stream.read(1024, timeout=JOIN_TIMEOUT) == b""
+    await stream.aclose()
+
+
+async def test_refused_certificate_and_wrong_name_are_connect_errors(
+    serve: Callable[..., OneShotServer], pki: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = pki
+    backend = AsyncioBackend()
+    for context, name in ((ssl.create_default_context(), HOST), (client_context, "other.test")):
+        server = serve(None, server_context)
+        plain = await backend.connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+        with pytest.raises(httpcore.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await plain.start_tls(context, name, timeout=JOIN_TIMEOUT)
+        assert plain.get_extra_info("socket").fileno() == -1  # closed, not leaked
+
+
+async def test_handshake_timeout(
+    serve: Callable[..., OneShotServer], pki: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server = serve()  # accepts, never answers the ClientHello
+    plain = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    with pytest.raises(httpcore.ConnectTimeout):
+        await plain.start_tls(pki[1], HOST, timeout=0.2)
+
+
+async def test_read_and_write_timeouts(serve: Callable[..., OneShotServer]) -> None:
+    server = serve()  # reads nothing, sends nothing
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    with pytest.raises(httpcore.ReadTimeout):
+        await stream.read(1024, timeout=0.2)
+    with pytest.raises(httpcore.WriteTimeout):
+        await stream.write(b"x" * 64_000_000, timeout=0.2)  # nobody drains the buffers
+    await stream.aclose()
+
+
+async def test_reset_by_peer_is_a_read_error(serve: Callable[..., OneShotServer]) -> None:
+    def reset(conn: socket.socket) -> None:
+        conn.recv(16)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    server = serve(reset)
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    await stream.write(b"ping", timeout=JOIN_TIMEOUT)
+    with pytest.raises(httpcore.ReadError):
+        await stream.read(1024, timeout=JOIN_TIMEOUT)
+    with pytest.raises(httpcore.WriteError):
+        await stream.write(b"x" * 8_000_000, timeout=JOIN_TIMEOUT)  # more than any buffer
+    await stream.aclose()
+
+
+async def test_refused_connection_and_bad_socket_option() -> None:
+    backend = AsyncioBackend()
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(httpcore.ConnectError):
+        await backend.connect_tcp("127.0.0.1", port, timeout=JOIN_TIMEOUT)
+    with pytest.raises(httpcore.ConnectError):
+        await backend.connect_tcp("::1" if socket.has_ipv6 else "127.0.0.1", port)
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, pytest.raises(httpcore.ConnectError):
+        await backend.connect_tcp(
+            "127.0.0.1", listener.getsockname()[1], socket_options=[(socket.SOL_SOCKET, 9999, 1)]
+        )
+
+
+async def test_local_address_is_bound(serve: Callable[..., OneShotServer]) -> None:
+    server = serve()
+    stream = await AsyncioBackend().connect_tcp(
+        "127.0.0.1", server.port, timeout=JOIN_TIMEOUT, local_address="127.0.0.1"
+    )
+    assert stream.get_extra_info("client_addr")[0] == "127.0.0.1"
+    await stream.aclose()
+
+
+async def test_cancelled_read_leaves_no_reader_behind(serve: Callable[..., OneShotServer]) -> None:
+    server = serve(_echo_line)
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    reading = asyncio.ensure_future(stream.read(1024))
+    await asyncio.sleep(0.05)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    # The same socket reads again: the cancelled wait took its reader registration with it.
+    await stream.write(b"again\n", timeout=JOIN_TIMEOUT)
+    assert await _read_until(stream, b"\n") == b"AGAIN\n"
+    await stream.aclose()
+
+
+async def test_other_event_loops_get_httpcores_anyio_backend() -> None:
+    backend = AsyncioBackend()
+    assert backend._other() is None
+    token = sniffio.current_async_library_cvar.set("trio")
+    try:
+        fallback = backend._other()
+    finally:
+        sniffio.current_async_library_cvar.reset(token)
+    assert isinstance(fallback, httpcore.AnyIOBackend)
+    await backend.sleep(0)
+
+
+async def test_mesh_transport_connections_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[bytes] = []
+    opened: list[httpcore.AsyncNetworkStream] = []
+    connect = AsyncioBackend.connect_tcp
+
+    async def counted(self: AsyncioBackend, *args: object, **kwargs: object) -> object:
+        stream = await connect(self, *args, **kwargs)  # type: ignore[arg-type]
+        opened.append(stream)
+        return stream
+
+    monkeypatch.setattr(AsyncioBackend, "connect_tcp", counted)
+
+    def answer(conn: socket.socket) -> None:
+        received.append(conn.recv(65536))
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    server = OneShotServer(answer)
+    try:
+        from meshlib import Mesh
+
+        mesh = Mesh.from_text("", namespace="default")
+        async with mesh.async_http_client() as client:
+            response = await client.get(f"http://127.0.0.1:{server.port}/x")
+        mesh.close()
+    finally:
+        server.close()
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert received[0].startswith(b"GET /x HTTP/1.1")
+    assert len(opened) == 1
+    assert isinstance(opened[0], AsyncioStream)
+
+
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A port whose accept queue is full: the kernel drops new SYNs, so a connect hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port: int = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for filler in fillers:
+        filler.close()
+    listener.close()
+
+
+def _open_descriptors() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts /proc/self/fd")
+async def test_connect_timeout_and_cancelled_connect_close_their_socket(
+    unanswered_port: int,
+) -> None:
+    backend = AsyncioBackend()
+    before = _open_descriptors()
+    with pytest.raises(httpcore.ConnectTimeout):
+        await backend.connect_tcp("127.0.0.1", unanswered_port, timeout=0.2)
+    connecting = asyncio.ensure_future(backend.connect_tcp("127.0.0.1", unanswered_port))
+    await asyncio.sleep(0.05)
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert _open_descriptors() == before
+
+
+async def test_cancelled_handshake_closes_the_socket(
+    serve: Callable[..., OneShotServer], pki: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server = serve()  # never answers the ClientHello
+    plain = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    handshake = asyncio.ensure_future(plain.start_tls(pki[1], HOST))
+    await asyncio.sleep(0.05)
+    handshake.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await handshake
+    assert plain.get_extra_info("socket").fileno() == -1
+
+
+async def test_without_readiness_callbacks_httpcores_anyio_backend_connects(
+    serve: Callable[..., OneShotServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a proactor loop (Windows) gets; the same hand-over as under trio.
+    monkeypatch.setattr("meshlib.httpx._asyncio_backend._has_readiness_callbacks", lambda: False)
+    server = serve(_echo_line)
+    backend = AsyncioBackend()
+    stream = await backend.connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    assert not isinstance(stream, AsyncioStream)
+    await stream.write(b"via anyio\n", timeout=JOIN_TIMEOUT)
+    assert await _read_until(stream, b"\n") == b"VIA ANYIO\n"
+    await backend.sleep(0)
+    await stream.aclose()
+
+
+async def test_unix_sockets_go_through_httpcores_anyio_backend(tmp_path: Path) -> None:
+    path = tmp_path / "echo.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            _echo_line(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        stream = await AsyncioBackend().connect_unix_socket(str(path), timeout=JOIN_TIMEOUT)
+        await stream.write(b"unix\n", timeout=JOIN_TIMEOUT)
+        assert await _read_until(stream, b"\n") == b"UNIX\n"
+        await stream.aclose()
+    finally:
+        listener.close()
+        thread.join(JOIN_TIMEOUT)
+
+
+async def test_a_host_name_that_does_not_resolve_is_a_connect_error() -> None:
+    with pytest.raises(httpcore.ConnectError):
+        await AsyncioBackend().connect_tcp("no-such-host.invalid", 80, timeout=JOIN_TIMEOUT)
+
+
+async def test_a_name_that_resolves_to_nothing_listening_is_a_connect_error() -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(httpcore.ConnectError):
+        await AsyncioBackend().connect_tcp("localhost", port, timeout=JOIN_TIMEOUT)
