@@ -37,12 +37,15 @@ def _wake(future: asyncio.Future[bool], ready: bool) -> None:
 
 
 class AsyncioStream(httpcore.AsyncNetworkStream):
-    __slots__ = ("_fd", "_loop", "_sock")
+    __slots__ = ("_fd", "_loop", "_reading", "_sock", "_writing")
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self._sock = sock
         self._loop = loop
         self._fd = sock.fileno()
+        self._reading: asyncio.Future[bool] | None = None
+        self._writing: asyncio.Future[bool] | None = None
+        """The waits in progress: ``aclose`` (from another task) ends them."""
 
     async def _wait(self, write: bool, deadline: float | None) -> None:
         """Until the socket is writable (or readable); TimeoutError once ``deadline`` passed."""
@@ -51,18 +54,23 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         fd = self._fd
         if write:
             loop.add_writer(fd, _wake, future, True)
+            self._writing = future
         else:
             loop.add_reader(fd, _wake, future, True)
+            self._reading = future
         timer = None if deadline is None else loop.call_at(deadline, _wake, future, False)
         try:
             ready = await future
         finally:
-            if write:
-                loop.remove_writer(fd)
-            else:
-                loop.remove_reader(fd)
             if timer is not None:
                 timer.cancel()
+            # Unless aclose took the registration away already (the descriptor may be reused).
+            if write and self._writing is future:
+                self._writing = None
+                loop.remove_writer(fd)
+            elif not write and self._reading is future:
+                self._reading = None
+                loop.remove_reader(fd)
         if not ready:
             raise TimeoutError
 
@@ -110,7 +118,22 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(str(error)) from error
 
     async def aclose(self) -> None:
+        self._release()
         self._sock.close()
+
+    def _release(self) -> None:
+        """Take the socket out of the loop before it closes: a closed descriptor leaves epoll
+        silently, so a task waiting on it would never wake, and the next socket given the same
+        number would find it still registered. The waiting task wakes and fails its read."""
+        loop = self._loop
+        reading, writing = self._reading, self._writing
+        self._reading = self._writing = None
+        if reading is not None:
+            loop.remove_reader(self._fd)
+            _wake(reading, True)
+        if writing is not None:
+            loop.remove_writer(self._fd)
+            _wake(writing, True)
 
     async def start_tls(
         self,
@@ -157,9 +180,9 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if info == "socket":
             return sock
         if info == "client_addr":
-            return sock.getsockname()
+            return sock.getsockname()[:2]  # (host, port) for IPv6 too, as anyio gives it
         if info == "server_addr":
-            return sock.getpeername()
+            return sock.getpeername()[:2]
         if info == "is_readable":
             return _readable(sock)
         return None
@@ -170,7 +193,11 @@ def _readable(sock: socket.socket) -> bool:
     fd = sock.fileno()
     if fd < 0:
         return True
-    poller = select.poll()
+    poll = getattr(select, "poll", None)
+    if poll is None:  # Windows: select() has no descriptor limit there
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    poller = poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
 
@@ -205,8 +232,8 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             async with asyncio.timeout(timeout):
                 sock = await _connect(loop, host, port, local_address)
         except TimeoutError as error:
-            raise httpcore.ConnectTimeout(str(error)) from error
-        except OSError as error:
+            raise httpcore.ConnectTimeout("timed out") from error
+        except (OSError, UnicodeError) as error:  # UnicodeError: a name IDNA cannot encode
             raise httpcore.ConnectError(str(error)) from error
         try:
             for option in socket_options or ():
@@ -237,33 +264,86 @@ def _has_readiness_callbacks() -> bool:
     return proactor is None or not isinstance(asyncio.get_running_loop(), proactor)
 
 
+HAPPY_EYEBALLS_DELAY = 0.25
+"""Seconds before the next address is tried alongside the ones still connecting (RFC 8305's
+recommended delay, and anyio's)."""
+
+
 async def _connect(
     loop: asyncio.AbstractEventLoop, host: str, port: int, local_address: str | None
 ) -> socket.socket:
-    """Each address ``host`` resolves to in turn, as anyio does without happy eyeballs."""
+    """The first connection up among the addresses ``host`` resolves to: each next address
+    starts ``HAPPY_EYEBALLS_DELAY`` after the previous one, or at once when it failed."""
     try:
         literal = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:
+            # ASCII names go to the resolver as given; Python's own IDNA codec would refuse
+            # names (an empty or long label) the resolver answers with a plain "not found".
+            name = host.encode("ascii")
+        except UnicodeEncodeError:
+            name = host.encode("idna")
+        infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
         targets: list[tuple[Any, Any]] = [(info[0], info[4]) for info in infos]
     else:
         family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
         targets = [(family, (str(literal), port))]
-    last: OSError | None = None
-    for family, address in targets:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if local_address is not None:
-                sock.bind((local_address, 0))
-            await loop.sock_connect(sock, address)
-        except OSError as error:
-            sock.close()
-            last = error
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    raise last if last is not None else OSError(f"{host!r} resolved to no address")
+    if not targets:
+        raise OSError(f"{host!r} resolved to no address")
+    if len(targets) == 1:  # an IP address (the mesh's endpoints): no race to run
+        return await _connect_one(loop, *targets[0], local_address)
+    errors: list[OSError] = []
+    attempts: set[asyncio.Task[socket.socket]] = set()
+    try:
+        for family, address in targets:
+            attempts.add(loop.create_task(_connect_one(loop, family, address, local_address)))
+            connected = await _first(attempts, errors, HAPPY_EYEBALLS_DELAY)
+            if connected is not None:
+                return connected
+        while attempts:
+            connected = await _first(attempts, errors, None)
+            if connected is not None:
+                return connected
+    finally:
+        # The others: a cancelled one closes its own socket; one that connected meanwhile
+        # (done before its cancel lands) is closed once it is.
+        for attempt in attempts:
+            attempt.cancel()
+            attempt.add_done_callback(_close_connected)
+    raise errors[-1]  # every attempt failed: each added its error
+
+
+def _close_connected(attempt: asyncio.Task[socket.socket]) -> None:
+    if not attempt.cancelled() and attempt.exception() is None:  # pragma: no cover - a race
+        attempt.result().close()
+
+
+async def _first(
+    attempts: set[asyncio.Task[socket.socket]], errors: list[OSError], wait: float | None
+) -> socket.socket | None:
+    """A socket from the first attempt to connect within ``wait``; failed ones go to ``errors``."""
+    done, _ = await asyncio.wait(attempts, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    for attempt in done:
+        attempts.discard(attempt)
+        error = attempt.exception()
+        if error is None:
+            return attempt.result()
+        assert isinstance(error, OSError)
+        errors.append(error)
+    return None
+
+
+async def _connect_one(
+    loop: asyncio.AbstractEventLoop, family: Any, address: Any, local_address: str | None
+) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if local_address is not None:
+            sock.bind((local_address, 0))
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpcore
+import httpx
 import pytest
 import sniffio
 
@@ -41,7 +43,12 @@ class OneShotServer:
 
     def _run(self) -> None:
         try:
-            conn, _ = self.listener.accept()
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                if self.done.is_set():
+                    return  # closed before anyone connected: the test did not need to
+                raise
             with conn:
                 if self.context is not None:
                     try:
@@ -102,6 +109,37 @@ def _echo_line(conn: socket.socket) -> None:
             return
         data += chunk
     conn.sendall(data.upper())
+
+
+def _refused_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on."""
+    closed = socket.create_server(("127.0.0.1", 0))
+    port: int = closed.getsockname()[1]
+    closed.close()
+    return port
+
+
+def _fill_queue(listener: socket.socket) -> list[socket.socket]:
+    """Connections that fill ``listener``'s accept queue (``listen(0)``): the kernel then
+    drops new SYNs, so a further connect hangs until the queue drains."""
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(listener.getsockname())
+        fillers.append(filler)
+    return fillers
+
+
+def _resolve_to(monkeypatch: pytest.MonkeyPatch, *ports: int) -> None:
+    """Every name resolves to these ports of 127.0.0.1, in this order."""
+    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in ports]
+
+    async def resolve(host: bytes, port: int, **kwargs: object) -> list[object]:
+        return list(answers)
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
 
 
 async def _read_until(stream: httpcore.AsyncNetworkStream, end: bytes) -> bytes:
@@ -199,9 +237,7 @@ async def test_reset_by_peer_is_a_read_error(serve: Callable[..., OneShotServer]
 
 async def test_refused_connection_and_bad_socket_option() -> None:
     backend = AsyncioBackend()
-    closed = socket.create_server(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
+    port = _refused_port()
     with pytest.raises(httpcore.ConnectError):
         await backend.connect_tcp("127.0.0.1", port, timeout=JOIN_TIMEOUT)
     with pytest.raises(httpcore.ConnectError):
@@ -283,19 +319,12 @@ async def test_mesh_transport_connections_use_it(monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture
 def unanswered_port() -> Iterator[int]:
-    """A port whose accept queue is full: the kernel drops new SYNs, so a connect hangs."""
+    """A port whose accept queue is full: a connect to it hangs."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
-    port: int = listener.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    yield port
+    fillers = _fill_queue(listener)
+    yield listener.getsockname()[1]
     for filler in fillers:
         filler.close()
     listener.close()
@@ -378,8 +407,213 @@ async def test_a_host_name_that_does_not_resolve_is_a_connect_error() -> None:
 
 
 async def test_a_name_that_resolves_to_nothing_listening_is_a_connect_error() -> None:
-    closed = socket.create_server(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
     with pytest.raises(httpcore.ConnectError):
-        await AsyncioBackend().connect_tcp("localhost", port, timeout=JOIN_TIMEOUT)
+        await AsyncioBackend().connect_tcp("localhost", _refused_port(), timeout=JOIN_TIMEOUT)
+
+
+async def test_closing_from_another_task_ends_a_waiting_read(
+    serve: Callable[..., OneShotServer],
+) -> None:
+    # What httpx's response.aclose() does to a stalled stream read by another task.
+    server = serve()
+    backend = AsyncioBackend()
+    stream = await backend.connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    reading = asyncio.ensure_future(stream.read(1024))  # no timeout: only the close ends it
+    await asyncio.sleep(0.05)
+    await stream.aclose()
+    with pytest.raises(httpcore.ReadError):
+        await asyncio.wait_for(reading, JOIN_TIMEOUT)
+    # The descriptor number is free again and no longer registered: a new socket may take it.
+    again = serve(_echo_line)
+    fresh = await backend.connect_tcp("127.0.0.1", again.port, timeout=JOIN_TIMEOUT)
+    await fresh.write(b"fresh\n", timeout=JOIN_TIMEOUT)
+    assert await _read_until(fresh, b"\n") == b"FRESH\n"
+    await fresh.aclose()
+
+
+async def test_closing_from_another_task_ends_a_waiting_write(
+    serve: Callable[..., OneShotServer], pki: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server = serve(None, pki[0])  # completes the handshake, then reads nothing
+    plain = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    stream = await plain.start_tls(pki[1], HOST, timeout=JOIN_TIMEOUT)
+    writing = asyncio.ensure_future(stream.write(b"x" * 64_000_000))
+    await asyncio.sleep(0.2)
+    assert not writing.done()
+    await stream.aclose()
+    with pytest.raises(httpcore.WriteError):
+        await asyncio.wait_for(writing, JOIN_TIMEOUT)
+
+
+async def test_a_silent_first_address_does_not_hold_up_the_next(
+    unanswered_port: int, serve: Callable[..., OneShotServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name whose first address never answers (broken IPv6 on a dual-stack host, say).
+    server = serve(_echo_line)
+    _resolve_to(monkeypatch, unanswered_port, server.port)
+    before = _open_descriptors()
+    stream = await AsyncioBackend().connect_tcp("dual.test", 80, timeout=JOIN_TIMEOUT)
+    assert stream.get_extra_info("server_addr") == ("127.0.0.1", server.port)
+    await stream.write(b"second\n", timeout=JOIN_TIMEOUT)
+    assert await _read_until(stream, b"\n") == b"SECOND\n"
+    await stream.aclose()
+    await asyncio.sleep(0.05)  # the cancelled first attempt closes its socket as it ends
+    assert _open_descriptors() == before
+
+
+async def test_when_every_address_fails_the_last_error_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ports = (_refused_port(), _refused_port())
+    _resolve_to(monkeypatch, *ports)
+    with pytest.raises(httpcore.ConnectError, match=str(ports[1])):
+        await AsyncioBackend().connect_tcp("two.test", 80, timeout=JOIN_TIMEOUT)
+    _resolve_to(monkeypatch)
+    with pytest.raises(httpcore.ConnectError, match="resolved to no address"):
+        await AsyncioBackend().connect_tcp("none.test", 80, timeout=JOIN_TIMEOUT)
+
+
+async def test_the_connect_timeout_covers_every_address(
+    unanswered_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _resolve_to(monkeypatch, unanswered_port, _refused_port())
+    before = _open_descriptors()
+    with pytest.raises(httpcore.ConnectTimeout):
+        await AsyncioBackend().connect_tcp("slow.test", 80, timeout=0.6)
+    await asyncio.sleep(0.05)
+    assert _open_descriptors() == before
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".test", "münchen..de"])
+async def test_names_the_resolver_refuses_are_connect_errors(host: str) -> None:
+    with pytest.raises(httpcore.ConnectError):
+        await AsyncioBackend().connect_tcp(host, 80, timeout=JOIN_TIMEOUT)
+
+
+async def test_is_readable_without_poll(
+    serve: Callable[..., OneShotServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve(_echo_line)
+    stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    monkeypatch.delattr(select, "poll")  # as on Windows
+    assert not stream.get_extra_info("is_readable")
+    await stream.write(b"x\n", timeout=JOIN_TIMEOUT)
+    await asyncio.sleep(0.2)
+    assert stream.get_extra_info("is_readable")
+    await stream.aclose()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6_addresses_are_host_port_pairs() -> None:
+    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    port = listener.getsockname()[1]
+    with listener:
+        stream = await AsyncioBackend().connect_tcp("::1", port, timeout=JOIN_TIMEOUT)
+        assert stream.get_extra_info("server_addr") == ("::1", port)
+        assert stream.get_extra_info("client_addr")[0] == "::1"
+        await stream.aclose()
+
+
+async def test_a_slow_address_still_wins_when_the_others_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first address accepts only after its queue drains (the kernel retries the SYN about a
+    # second later), the second refuses at once: the attempt still running wins.
+    slow = socket.socket()
+    slow.bind(("127.0.0.1", 0))
+    slow.listen(0)
+    fillers = _fill_queue(slow)
+    slow_port = slow.getsockname()[1]
+    _resolve_to(monkeypatch, slow_port, _refused_port())
+
+    def drain() -> None:
+        slow.settimeout(JOIN_TIMEOUT)
+        for _ in range(3):  # the fillers that made it into the queue, then ours
+            with contextlib.suppress(OSError):
+                slow.accept()[0].close()
+
+    asyncio.get_running_loop().call_later(
+        0.4, lambda: threading.Thread(target=drain, daemon=True).start()
+    )
+    try:
+        stream = await AsyncioBackend().connect_tcp("slow.test", 80, timeout=JOIN_TIMEOUT)
+        assert stream.get_extra_info("server_addr") == ("127.0.0.1", slow_port)
+        await stream.aclose()
+    finally:
+        for filler in fillers:
+            filler.close()
+        slow.close()
+
+
+async def test_a_stream_closed_by_another_task_ends_its_reader_and_frees_the_socket() -> None:
+    # An event stream stopped with response.aclose() while another task iterates it.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def handle(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        if data.startswith(b"GET /events"):
+            head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata:1\r\n"
+            conn.sendall(head)
+            stop.wait(JOIN_TIMEOUT)  # then nothing more, as a quiet event stream
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    listener.settimeout(0.1)  # a close from another thread does not wake accept()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            accepted.append(conn)
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    from meshlib import Mesh
+
+    mesh = Mesh.from_text("", namespace="default")
+    try:
+        timeout = httpx.Timeout(JOIN_TIMEOUT, read=None)  # only the close can end the read
+        async with mesh.async_http_client(timeout=timeout) as client:
+            async with client.stream("GET", f"http://127.0.0.1:{port}/events") as response:
+
+                async def consume() -> None:
+                    async for _ in response.aiter_bytes():
+                        pass
+
+                consumer = asyncio.ensure_future(consume())
+                await asyncio.sleep(0.2)
+                await response.aclose()
+                with pytest.raises(httpx.ReadError):
+                    await asyncio.wait_for(consumer, JOIN_TIMEOUT)
+                other = await client.get(f"http://127.0.0.1:{port}/other")
+                assert other.status_code == 200
+    finally:
+        mesh.close()
+        stop.set()
+        listener.close()
+        acceptor.join(JOIN_TIMEOUT)
+        for conn in accepted:
+            conn.close()
