@@ -224,6 +224,12 @@ class AsyncPools(_Pools[httpcore.AsyncHTTPConnection]):
         if connection is not None:
             await connection.aclose()
 
+    def put_back(
+        self, lease: Lease[httpcore.AsyncHTTPConnection]
+    ) -> httpcore.AsyncHTTPConnection | None:
+        """``release`` without its await: the connection to close, if it is not kept."""
+        return self._put_back(lease)
+
     async def aclose(self) -> None:
         for connection in self._take_all():
             await connection.aclose()

@@ -503,8 +503,12 @@ class _AsyncBody(httpx.AsyncByteStream):
         lease, self._lease = self._lease, None
         if lease is not None:
             try:
-                with anyio.CancelScope(shield=True):
-                    await self._pools.release(lease)
+                # Most responses keep their connection: no await, so no shield to pay for
+                # (anyio's shielded scope costs about 11 µs per request under asyncio).
+                closing = self._pools.put_back(lease)
+                if closing is not None:
+                    with anyio.CancelScope(shield=True):
+                        await closing.aclose()
             finally:
                 self._complete(outcome.with_response_bytes(self._received))
 
