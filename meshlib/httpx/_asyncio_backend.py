@@ -1,8 +1,8 @@
 """An httpcore network backend on asyncio's own readiness callbacks and a non-blocking socket.
 
 httpcore's default async backend runs TLS through anyio's ``TLSStream``: a Python loop over
-``ssl.MemoryBIO`` objects under anyio's stream and cancellation layers, a dozen Python frames and
-a checkpoint per read and per write. Here the socket is a non-blocking ``ssl.SSLSocket``: OpenSSL
+``ssl.MemoryBIO`` objects under anyio's stream and cancellation layers, several Python frames per
+read and per write. Here the socket is a non-blocking ``ssl.SSLSocket``: OpenSSL
 reads and writes the socket itself, and a read that would block waits for one readiness callback
 (``loop.add_reader``). With 50 requests in flight on one client this takes about an eighth off the
 client's CPU per request (``docs/performance.md``). Under any other event loop (trio, or one
