@@ -245,8 +245,12 @@ def _validator(cls: type[EdgeModel]) -> SchemaValidator:
 _BY_NAME: Any = {"validate_by_name": True, "validate_by_alias": True, "populate_by_name": True}
 
 
+def _ref(cls: type[EdgeModel]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _reference(cls: type[EdgeModel]) -> cs.CoreSchema:
-    return cs.definition_reference_schema(f"{cls.__module__}.{cls.__qualname__}")
+    return cs.definition_reference_schema(_ref(cls))
 
 
 def _define(cls: type[EdgeModel], definitions: dict[type[EdgeModel], cs.CoreSchema]) -> None:
@@ -270,7 +274,7 @@ def _define(cls: type[EdgeModel], definitions: dict[type[EdgeModel], cs.CoreSche
     )
     if cls.before_validation.__func__ is not EdgeModel.before_validation.__func__:  # type: ignore[attr-defined]
         schema = cs.no_info_before_validator_function(cls.before_validation, schema)
-    schema["ref"] = f"{cls.__module__}.{cls.__qualname__}"
+    schema["ref"] = _ref(cls)
     definitions[cls] = schema
 
 

@@ -495,11 +495,7 @@ def _drop(tree: Any, loc: Sequence[int | str]) -> Sequence[int | str]:
         for key in parents:
             tree = tree[key]
         del tree[last]
-    except (
-        KeyError,
-        IndexError,
-        TypeError,
-    ):  # pragma: no cover - pydantic-core read these very keys
+    except (KeyError, IndexError, TypeError):  # pragma: no cover - validation read these keys
         return loc
     return loc[:-1] if isinstance(tree, list) else loc
 

@@ -116,8 +116,9 @@ class _Pools(Generic[_C]):
         lease.uses = 1
         return lease
 
-    def _put_back(self, lease: Lease[_C]) -> _C | None:
-        """After the response ended: keep the connection, or return it to be closed."""
+    def put_back(self, lease: Lease[_C]) -> _C | None:
+        """After the response ended: keep the connection, or return it to be closed (no I/O:
+        ``release`` closes it; an async caller may close it under its own shield)."""
         group = lease.group
         connection = lease.connection
         if (
@@ -148,7 +149,7 @@ class _Pools(Generic[_C]):
         with self._lock:
             self.closed = True
             idle = [lease.connection for group in self._groups.values() for lease in group.idle]
-            # Busy connections close when their response ends (``_put_back`` sees ``closed``).
+            # Busy connections close when their response ends (``put_back`` sees ``closed``).
             for group in self._groups.values():
                 group.leases.difference_update(group.idle)
                 group.idle.clear()
@@ -198,7 +199,7 @@ class SyncPools(_Pools[httpcore.HTTPConnection]):
         return lease
 
     def release(self, lease: Lease[httpcore.HTTPConnection]) -> None:
-        connection = self._put_back(lease)
+        connection = self.put_back(lease)
         if connection is not None:
             connection.close()
 
@@ -220,15 +221,9 @@ class AsyncPools(_Pools[httpcore.AsyncHTTPConnection]):
         return lease
 
     async def release(self, lease: Lease[httpcore.AsyncHTTPConnection]) -> None:
-        connection = self._put_back(lease)
+        connection = self.put_back(lease)
         if connection is not None:
             await connection.aclose()
-
-    def put_back(
-        self, lease: Lease[httpcore.AsyncHTTPConnection]
-    ) -> httpcore.AsyncHTTPConnection | None:
-        """``release`` without its await: the connection to close, if it is not kept."""
-        return self._put_back(lease)
 
     async def aclose(self) -> None:
         for connection in self._take_all():
