@@ -200,7 +200,13 @@ def _with_info(
 
 
 class _SyncBody(httpx.SyncByteStream):
-    """The upstream body; fires the completion once at EOF, error or close."""
+    """The upstream body; fires the completion once at EOF, error or close.
+
+    Once finished it lets go of the response, the completion and the outcome. httpx's response
+    and its ``BoundSyncStream`` refer to each other, so they (and this body) wait for the cyclic
+    GC; what the request used is then freed at once instead, and the next request reuses that
+    memory while it is still in cache (about 6 µs per request, ``bench_http.py --driver``).
+    """
 
     __slots__ = ("_complete", "_lease", "_outcome", "_pools", "_received", "_response")
 
@@ -212,18 +218,22 @@ class _SyncBody(httpx.SyncByteStream):
         lease: Lease[httpcore.HTTPConnection],
         pools: SyncPools,
     ) -> None:
-        self._response = response
+        self._response: httpcore.Response | None = response
         self._complete = complete
-        self._outcome = outcome
+        self._outcome: Outcome = outcome
         self._lease: Lease[httpcore.HTTPConnection] | None = lease
         self._pools = pools
         self._received = 0
 
     def __iter__(self) -> Iterator[bytes]:
+        response = self._response
+        if response is None:
+            raise httpx.StreamConsumed()
         try:
             # The stream itself, as httpx's own transport reads it: httpcore's iter_stream and
             # close re-check its type with typing.Iterable, ~1 µs each per response.
-            stream: Any = self._response.stream
+            stream: Any = response.stream
+            del response
             for chunk in stream:
                 self._received += len(chunk)
                 yield chunk
@@ -235,8 +245,11 @@ class _SyncBody(httpx.SyncByteStream):
         self._finish(self._outcome)
 
     def close(self) -> None:
+        response = self._response
+        if response is None:
+            return  # finished: the stream is closed and the completion has fired
         try:
-            _close_stream(self._response.stream)
+            _close_stream(response.stream)
         finally:
             self._finish(self._outcome)
 
@@ -244,10 +257,15 @@ class _SyncBody(httpx.SyncByteStream):
         lease, self._lease = self._lease, None
         if lease is not None:
             self._pools.release(lease)
-            self._complete(outcome.with_response_bytes(self._received))
+            complete, self._complete = self._complete, None
+            self._response = None
+            self._outcome = _SPENT
+            complete(outcome.with_response_bytes(self._received))
 
 
 _NO_REQUEST = httpx.Request("GET", "http://meshlib.invalid/")
+_SPENT = Outcome()
+"""A finished body's outcome: the real one (and the response headers it holds) is let go."""
 
 
 def _close_stream(stream: Any) -> None:
@@ -463,6 +481,8 @@ class MeshTransport(httpx.BaseTransport):
 
 
 class _AsyncBody(httpx.AsyncByteStream):
+    """``_SyncBody`` for ``AsyncMeshTransport`` (it lets go of the same things when finished)."""
+
     __slots__ = ("_complete", "_lease", "_outcome", "_pools", "_received", "_response")
 
     def __init__(
@@ -473,16 +493,20 @@ class _AsyncBody(httpx.AsyncByteStream):
         lease: Lease[httpcore.AsyncHTTPConnection],
         pools: AsyncPools,
     ) -> None:
-        self._response = response
+        self._response: httpcore.Response | None = response
         self._complete = complete
-        self._outcome = outcome
+        self._outcome: Outcome = outcome
         self._lease: Lease[httpcore.AsyncHTTPConnection] | None = lease
         self._pools = pools
         self._received = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        response = self._response
+        if response is None:
+            raise httpx.StreamConsumed()
         try:
-            stream: Any = self._response.stream  # as in _SyncBody: skip the type re-checks
+            stream: Any = response.stream  # as in _SyncBody: skip the type re-checks
+            del response
             async for chunk in stream:
                 self._received += len(chunk)
                 yield chunk
@@ -494,8 +518,11 @@ class _AsyncBody(httpx.AsyncByteStream):
         await self._finish(self._outcome)
 
     async def aclose(self) -> None:
+        response = self._response
+        if response is None:
+            return  # finished: the stream is closed and the completion has fired
         try:
-            await _aclose_stream(self._response.stream)
+            await _aclose_stream(response.stream)
         finally:
             await self._finish(self._outcome)
 
@@ -510,7 +537,10 @@ class _AsyncBody(httpx.AsyncByteStream):
                     with anyio.CancelScope(shield=True):
                         await closing.aclose()
             finally:
-                self._complete(outcome.with_response_bytes(self._received))
+                complete, self._complete = self._complete, None
+                self._response = None
+                self._outcome = _SPENT
+                complete(outcome.with_response_bytes(self._received))
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import time
@@ -10,11 +11,13 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from httpx_upstreams import FakeClock, Upstream, make_runtime, run_requests, service_entry
 
 from meshlib._engine.runtime import OutboundRuntime
+from meshlib._model.call import Call
 from meshlib.httpx import AsyncMeshTransport, MeshTransport
 
 HOST = "reviews.default.svc.cluster.local"
@@ -415,6 +418,50 @@ def test_connections_are_reused(kind: str, upstreams: dict[str, Upstream]) -> No
                 return transport.connection_count
 
         assert asyncio.run(go()) == 1
+
+
+def _alive(kind: type) -> int:
+    # Tracked objects, collectable or not: with the cyclic GC off, garbage stays counted.
+    return sum(1 for item in gc.get_objects() if type(item) is kind)
+
+
+def test_a_finished_response_leaves_no_garbage_of_the_mesh(
+    kind: str, upstreams: dict[str, Upstream]
+) -> None:
+    """httpx's response and its bound stream refer to each other, so they wait for the cyclic
+    GC; the mesh's own request (its Call, the upstream response) must be freed at once."""
+    runtime = make_runtime(both(upstreams) + rule(SUBSETS))
+    count = 20
+    gc.collect()
+    gc.disable()
+    try:
+        before = (_alive(Call), _alive(httpcore.Response))
+        if kind == "sync":
+            with httpx.Client(transport=MeshTransport(runtime)) as client:
+                for number in range(count):
+                    with client.stream("GET", f"{URL}/stream") as response:
+                        if number % 2:  # read to the end, or closed unread
+                            response.read()
+                with pytest.raises(httpx.StreamConsumed):
+                    list(response.stream)  # the body itself refuses a second reading
+                after = (_alive(Call), _alive(httpcore.Response))
+        else:
+
+            async def go() -> tuple[int, int]:
+                async with httpx.AsyncClient(transport=AsyncMeshTransport(runtime)) as client:
+                    for number in range(count):
+                        async with client.stream("GET", f"{URL}/stream") as response:
+                            if number % 2:
+                                await response.aread()
+                    with pytest.raises(httpx.StreamConsumed):
+                        [chunk async for chunk in response.stream]  # type: ignore[union-attr]
+                    return _alive(Call), _alive(httpcore.Response)
+
+            after = asyncio.run(go())
+    finally:
+        gc.enable()
+    assert after[0] - before[0] <= 1
+    assert after[1] - before[1] <= 1
 
 
 # --------------------------------------------------------------------------- hash cookies
