@@ -297,20 +297,29 @@ def driver_only(n: int, rounds: int) -> None:
     for client, url in variants.values():
         sync_round(client, url, WARMUP)
     cpu: dict[str, list[float]] = {name: [] for name in variants}
+    # Per batch, the median request: one that the cyclic GC did not interrupt (a young
+    # collection runs every few dozen requests and lands in the batch means above).
+    typical: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds * max(1, n // SYNC_BATCH)):
         for name, (client, url) in variants.items():
             start = time.thread_time()
-            sync_round(client, url, SYNC_BATCH)
+            samples = sync_round(client, url, SYNC_BATCH)
             cpu[name].append((time.thread_time() - start) / SYNC_BATCH)
+            typical[name].append(statistics.median(samples))
     us = 1e6
     low = {name: percentile(samples, 0.1) * us for name, samples in cpu.items()}
     mid = {name: statistics.median(samples) * us for name, samples in cpu.items()}
+    one = {name: statistics.median(samples) * us for name, samples in typical.items()}
     print(f"no network, client CPU per request, {len(cpu['mesh'])} batches of {SYNC_BATCH}")
     print(f"  bare httpx.Client      p10 {low['bare']:6.1f} us   median {mid['bare']:6.1f} us")
     print(f"  MeshTransport          p10 {low['mesh']:6.1f} us   median {mid['mesh']:6.1f} us")
     print(
         f"  added                  p10 {low['mesh'] - low['bare']:+6.1f} us   "
         f"median {mid['mesh'] - mid['bare']:+6.1f} us"
+    )
+    print(
+        f"  the median request (wall): bare {one['bare']:6.1f} us, mesh {one['mesh']:6.1f} us,"
+        f" added {one['mesh'] - one['bare']:+6.1f} us (no GC pass: what a p50 sees)"
     )
     bare.close()
     mesh.close()
