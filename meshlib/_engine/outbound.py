@@ -20,7 +20,7 @@ whose response is not delivered, the driver closes that response before the next
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 from meshlib._engine.clusters import ClusterState
@@ -292,7 +292,7 @@ def outbound_flow(
 class _Destined:
     """One destination of a route: its cluster and what every attempt to it sends."""
 
-    __slots__ = ("consistent", "response_ops", "shape", "target")
+    __slots__ = ("carried", "consistent", "response_ops", "shape", "target")
 
     def __init__(
         self,
@@ -307,6 +307,9 @@ class _Destined:
         self.response_ops = response_ops
         self.consistent = consistent
         """The cluster's consistent hash: its key is read from each request."""
+        self.carried: tuple[Sequence[tuple[str, str]], Shape] | None = None
+        """The last constant the telemetry's headers hook returned, and the shape with it in
+        front (one pair, so that a thread never reads one with the other's shape)."""
 
 
 class _Routing:
@@ -488,7 +491,13 @@ def _routed(
             # a route's own header `set` still wins.
             carried = propagate(request.start, deadline)
             if carried:
-                shape = ((*carried, *shape[0]), shape[1], shape[2], shape[3], shape[4])
+                kept = destined.carried
+                if kept is not None and kept[0] is carried:
+                    shape = kept[1]
+                else:
+                    shape = ((*carried, *shape[0]), shape[1], shape[2], shape[3], shape[4])
+                    if type(carried) is tuple:  # the hook's constant (a list is per request)
+                        destined.carried = (carried, shape)
         response_ops = destined.response_ops
         consistent = destined.consistent
         hash_key = None if consistent is None else hash_key_for(consistent, call)

@@ -21,10 +21,11 @@ import contextvars
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, unquote
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from meshlib._engine.runtime import PASSTHROUGH_CLUSTER, RequestRecord, TelemetryHooks
@@ -214,6 +215,7 @@ class OutboundTelemetry:
         "_lock",
         "_open",
         "_peer_header",
+        "_peer_only",
         "_principals",
         "_random",
         "access_log",
@@ -246,6 +248,11 @@ class OutboundTelemetry:
         self._lock = threading.Lock()
         encoded = encode_peer_metadata(source)
         self._peer_header = None if encoded is None else (PEER_METADATA_HEADER, encoded)
+        self._peer_only: tuple[tuple[str, str], ...] = (
+            () if self._peer_header is None else (self._peer_header,)
+        )
+        """What a request outside any inbound request or trace carries: the same tuple each time,
+        so the flow can keep the attempt headers it builds from it."""
         self.hooks = TelemetryHooks(
             on_attempt=self.on_attempt,
             on_request=self.on_request,
@@ -254,13 +261,15 @@ class OutboundTelemetry:
 
     # --- propagation and client spans ---------------------------------------------------
 
-    def outbound_headers(self, start: float, deadline: float | None) -> list[tuple[str, str]]:
+    def outbound_headers(self, start: float, deadline: float | None) -> Sequence[tuple[str, str]]:
         """Trace context, ``x-request-id`` and our peer metadata; starts the client span of a
         sampled request. The flow calls this only for routed (in-mesh) requests."""
         tracing = self.tracing
         span = None
         if tracing.active():
             span = self._start_span(start)
+        elif current_inbound() is None and not otel_context.get_current():
+            return self._peer_only
         # The flow writes the deadline header itself (per attempt): pass no deadline here.
         headers = _context_headers(start, None, span=span, tracing=tracing)
         if self._peer_header is not None:

@@ -797,6 +797,33 @@ def test_outbound_headers_hook_carries_context_and_route_set_wins() -> None:
     assert "traceparent" not in headers_of(drive(w, call()).sends[0])
 
 
+def test_a_constant_from_the_headers_hook_is_kept_and_a_new_one_replaces_it() -> None:
+    """A hook returning the same tuple each time (telemetry outside any inbound request) lets
+    the flow keep the headers it built; any other value is carried as it is, every time."""
+    peer = (("x-meshlib-peer-metadata", "workload=a"),)
+    other = (("x-meshlib-peer-metadata", "workload=b"),)
+    current: list[tuple[tuple[str, str], ...] | list[tuple[str, str]]] = [peer]
+    w = world(
+        SERVICE
+        + vs(
+            "  - route: [{destination: {host: reviews}}]\n"
+            "    headers: {request: {set: {x-route: r}}}"
+        )
+    )
+    w.runtime.hooks = TelemetryHooks(outbound_headers=lambda _s, _d: current[0])
+    for expected, value in (("workload=a", peer), ("workload=a", peer), ("workload=b", other)):
+        current[0] = value
+        headers = headers_of(drive(w, call()).sends[0])
+        assert headers["x-meshlib-peer-metadata"] == expected
+        assert headers["x-route"] == "r"
+    current[0] = [("x-request-id", "per-request")]  # a list: built for this request only
+    headers = headers_of(drive(w, call()).sends[0])
+    assert headers["x-request-id"] == "per-request"
+    assert "x-meshlib-peer-metadata" not in headers
+    current[0] = other
+    assert headers_of(drive(w, call()).sends[0])["x-meshlib-peer-metadata"] == "workload=b"
+
+
 # ------------------------------------------------------------------------------- mirroring
 
 

@@ -123,6 +123,8 @@ def test_outbound_headers_carry_the_precomputed_metadata() -> None:
     first = telemetry.outbound_headers(1.0, None)
     assert (PEER_METADATA_HEADER, encode_peer_metadata(PRODUCTPAGE)) in first
     assert telemetry.outbound_headers(2.0, None).count(first[-1]) == 1
+    # Outside any inbound request or trace: one constant, which the flow keeps its work for.
+    assert telemetry.outbound_headers(2.0, None) is first
     silent = OutboundTelemetry(
         NOOP_SINK,
         Tracing(propagator="tracecontext"),
