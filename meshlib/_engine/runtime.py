@@ -119,7 +119,9 @@ class TelemetryHooks:
     """Once per request: local reply, completed response, failure or cancellation."""
     outbound_headers: HeadersHook | None = None
     """Once per routed request, with (start, deadline): headers every attempt carries (trace
-    context, ``x-request-id``). The flow adds the deadline header itself."""
+    context, ``x-request-id``). The flow adds the deadline header itself. A tuple is taken as a
+    constant: returned again (the same object), the flow reuses the attempt headers it built
+    with it; a list is taken as built for this request alone."""
 
 
 NO_HOOKS = TelemetryHooks()

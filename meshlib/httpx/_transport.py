@@ -199,16 +199,30 @@ def _with_info(
 # ------------------------------------------------------------------------------------ sync
 
 
-class _SyncBody(httpx.SyncByteStream):
-    """The upstream body; fires the completion once at EOF, error or close.
+class _Spendable:
+    """What both bodies do once finished: let go of the response, the completion and the
+    outcome. httpx's response and its bound stream refer to each other, so they (and the body)
+    wait for the cyclic GC; what the request used is then freed at once instead: less work for
+    the collector, and the next request reuses that memory while it is still in cache
+    (``docs/performance.md``)."""
 
-    Once finished it lets go of the response, the completion and the outcome. httpx's response
-    and its ``BoundSyncStream`` refer to each other, so they (and this body) wait for the cyclic
-    GC; what the request used is then freed at once instead: less work for the collector, and
-    the next request reuses that memory while it is still in cache (``docs/performance.md``).
-    """
+    __slots__ = ("_complete", "_outcome", "_response")
+    _complete: Any
+    _outcome: Outcome
+    _response: httpcore.Response | None
 
-    __slots__ = ("_complete", "_lease", "_outcome", "_pools", "_received", "_response")
+    def _spend(self) -> Any:
+        """The completion, to call once; the body keeps nothing of the request."""
+        complete, self._complete = self._complete, None
+        self._response = None
+        self._outcome = _SPENT
+        return complete
+
+
+class _SyncBody(_Spendable, httpx.SyncByteStream):
+    """The upstream body; fires the completion once at EOF, error or close."""
+
+    __slots__ = ("_lease", "_pools", "_received")
 
     def __init__(
         self,
@@ -257,10 +271,7 @@ class _SyncBody(httpx.SyncByteStream):
         lease, self._lease = self._lease, None
         if lease is not None:
             self._pools.release(lease)
-            complete, self._complete = self._complete, None
-            self._response = None
-            self._outcome = _SPENT
-            complete(outcome.with_response_bytes(self._received))
+            self._spend()(outcome.with_response_bytes(self._received))
 
 
 _NO_REQUEST = httpx.Request("GET", "http://meshlib.invalid/")
@@ -480,10 +491,10 @@ class MeshTransport(httpx.BaseTransport):
 # ----------------------------------------------------------------------------------- async
 
 
-class _AsyncBody(httpx.AsyncByteStream):
-    """``_SyncBody`` for ``AsyncMeshTransport`` (it lets go of the same things when finished)."""
+class _AsyncBody(_Spendable, httpx.AsyncByteStream):
+    """``_SyncBody`` for ``AsyncMeshTransport``."""
 
-    __slots__ = ("_complete", "_lease", "_outcome", "_pools", "_received", "_response")
+    __slots__ = ("_lease", "_pools", "_received")
 
     def __init__(
         self,
@@ -537,10 +548,7 @@ class _AsyncBody(httpx.AsyncByteStream):
                     with anyio.CancelScope(shield=True):
                         await closing.aclose()
             finally:
-                complete, self._complete = self._complete, None
-                self._response = None
-                self._outcome = _SPENT
-                complete(outcome.with_response_bytes(self._received))
+                self._spend()(outcome.with_response_bytes(self._received))
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
