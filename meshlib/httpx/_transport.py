@@ -46,6 +46,7 @@ from meshlib.httpx._pools import (
     SyncPools,
     connector,
 )
+from meshlib.httpx._sync_backend import SyncBackend
 from meshlib.httpx._tls import mesh_backend, origination_context
 
 if TYPE_CHECKING:
@@ -311,13 +312,15 @@ class MeshTransport(httpx.BaseTransport):
         self.runtime = runtime
         self._pools = SyncPools(max_idle_per_endpoint)
         self._executor: ThreadPoolExecutor | None = None
+        self._backend: Any = SyncBackend()
+        """Every connection's sockets (mTLS ones through the identity's backend around it)."""
 
     def _factory(self, key: PoolKey) -> Any:
         context, peers = self._base._tls_for(key)
-        backend = None
+        backend = self._backend
         if peers is not None:
             assert self.runtime.identity is not None
-            backend = mesh_backend(self.runtime.identity, peers, is_async=False)
+            backend = mesh_backend(self.runtime.identity, peers, is_async=False, inner=backend)
         return connector(
             httpcore.HTTPConnection, key, context, backend, self._base._keepalive_expiry
         )

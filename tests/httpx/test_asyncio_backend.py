@@ -8,128 +8,16 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpcore
 import httpx
 import pytest
 import sniffio
+from raw_servers import HOST, JOIN_TIMEOUT, OneShotServer, echo_line, fill_queue, refused_port
 
 from meshlib.httpx._asyncio_backend import AsyncioBackend, AsyncioStream
-from meshlib.identity import LocalCA
-
-HOST = "api.test"
-JOIN_TIMEOUT = 10.0
-
-
-class OneShotServer:
-    """Accepts one connection on 127.0.0.1 (TLS when given a context) and runs ``script`` on it;
-    without a script it reads nothing, sends nothing and keeps the connection until closed."""
-
-    def __init__(
-        self,
-        script: Callable[[socket.socket], None] | None = None,
-        context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.done = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.script = script
-        self.context = context
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                if self.done.is_set():
-                    return  # closed before anyone connected: the test did not need to
-                raise
-            with conn:
-                if self.context is not None:
-                    try:
-                        conn = self.context.wrap_socket(conn, server_side=True)
-                    except (ssl.SSLError, OSError):
-                        return  # the client refused the handshake: what some tests want
-                if self.script is None:
-                    self.done.wait(JOIN_TIMEOUT)
-                else:
-                    self.script(conn)
-        except BaseException as error:
-            self.error = error
-
-    def close(self) -> None:
-        self.done.set()
-        self.listener.close()
-        self.thread.join(JOIN_TIMEOUT)
-        if self.error is not None:
-            raise self.error
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context (a certificate for ``api.test``) and a client context that trusts it."""
-    folder: Path = tmp_path_factory.mktemp("pki")
-    ca = LocalCA.generate("example.org")
-    svid = ca.issue("default", "api", [HOST])
-    (folder / "server.pem").write_bytes(svid.cert_chain_pem)
-    (folder / "server.key").write_bytes(svid.private_key_pem)
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(folder / "server.pem", folder / "server.key")
-    client = ssl.create_default_context(cadata=svid.bundle_pem.decode())
-    return server, client
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., OneShotServer]]:
-    servers: list[OneShotServer] = []
-
-    def start(
-        script: Callable[[socket.socket], None] | None = None,
-        context: ssl.SSLContext | None = None,
-    ) -> OneShotServer:
-        server = OneShotServer(script, context)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-def _echo_line(conn: socket.socket) -> None:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
-    conn.sendall(data.upper())
-
-
-def _refused_port() -> int:
-    """A port of 127.0.0.1 that nothing listens on."""
-    closed = socket.create_server(("127.0.0.1", 0))
-    port: int = closed.getsockname()[1]
-    closed.close()
-    return port
-
-
-def _fill_queue(listener: socket.socket) -> list[socket.socket]:
-    """Connections that fill ``listener``'s accept queue (``listen(0)``): the kernel then
-    drops new SYNs, so a further connect hangs until the queue drains."""
-    fillers = []
-    for _ in range(3):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(listener.getsockname())
-        fillers.append(filler)
-    return fillers
 
 
 def _resolve_to(monkeypatch: pytest.MonkeyPatch, *ports: int) -> None:
@@ -152,7 +40,7 @@ async def _read_until(stream: httpcore.AsyncNetworkStream, end: bytes) -> bytes:
 
 
 async def test_plain_round_trip_and_extra_info(serve: Callable[..., OneShotServer]) -> None:
-    server = serve(_echo_line)
+    server = serve(echo_line)
     stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
     assert isinstance(stream, AsyncioStream)
     await stream.write(b"hello\n", timeout=JOIN_TIMEOUT)
@@ -174,7 +62,7 @@ async def test_tls_round_trip_large_writes_and_ragged_eof(
 ) -> None:
     server_context, client_context = pki
     payload = b"x" * 3_000_000 + b"\n"  # far more than the socket buffers: writes wait
-    server = serve(_echo_line, server_context)
+    server = serve(echo_line, server_context)
     backend = AsyncioBackend()
     plain = await backend.connect_tcp("localhost", server.port, timeout=JOIN_TIMEOUT)
     stream = await plain.start_tls(client_context, HOST, timeout=JOIN_TIMEOUT)
@@ -217,6 +105,8 @@ async def test_read_and_write_timeouts(serve: Callable[..., OneShotServer]) -> N
         await stream.read(1024, timeout=0.2)
     with pytest.raises(httpcore.WriteTimeout):
         await stream.write(b"x" * 64_000_000, timeout=0.2)  # nobody drains the buffers
+    with pytest.raises(httpcore.ReadTimeout):
+        await stream.read(1024, timeout=0.2)  # after a write: waits first
     await stream.aclose()
 
 
@@ -237,7 +127,7 @@ async def test_reset_by_peer_is_a_read_error(serve: Callable[..., OneShotServer]
 
 async def test_refused_connection_and_bad_socket_option() -> None:
     backend = AsyncioBackend()
-    port = _refused_port()
+    port = refused_port()
     with pytest.raises(httpcore.ConnectError):
         await backend.connect_tcp("127.0.0.1", port, timeout=JOIN_TIMEOUT)
     with pytest.raises(httpcore.ConnectError):
@@ -259,7 +149,7 @@ async def test_local_address_is_bound(serve: Callable[..., OneShotServer]) -> No
 
 
 async def test_cancelled_read_leaves_no_reader_behind(serve: Callable[..., OneShotServer]) -> None:
-    server = serve(_echo_line)
+    server = serve(echo_line)
     stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
     reading = asyncio.ensure_future(stream.read(1024))
     await asyncio.sleep(0.05)
@@ -317,19 +207,6 @@ async def test_mesh_transport_connections_use_it(monkeypatch: pytest.MonkeyPatch
     assert isinstance(opened[0], AsyncioStream)
 
 
-@pytest.fixture
-def unanswered_port() -> Iterator[int]:
-    """A port whose accept queue is full: a connect to it hangs."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    fillers = _fill_queue(listener)
-    yield listener.getsockname()[1]
-    for filler in fillers:
-        filler.close()
-    listener.close()
-
-
 def _open_descriptors() -> int:
     return len(list(Path("/proc/self/fd").iterdir()))
 
@@ -368,7 +245,7 @@ async def test_without_readiness_callbacks_httpcores_anyio_backend_connects(
 ) -> None:
     # What a proactor loop (Windows) gets; the same hand-over as under trio.
     monkeypatch.setattr("meshlib.httpx._asyncio_backend._has_readiness_callbacks", lambda: False)
-    server = serve(_echo_line)
+    server = serve(echo_line)
     backend = AsyncioBackend()
     stream = await backend.connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
     assert not isinstance(stream, AsyncioStream)
@@ -387,7 +264,7 @@ async def test_unix_sockets_go_through_httpcores_anyio_backend(tmp_path: Path) -
     def accept() -> None:
         conn, _ = listener.accept()
         with conn:
-            _echo_line(conn)
+            echo_line(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -408,7 +285,7 @@ async def test_a_host_name_that_does_not_resolve_is_a_connect_error() -> None:
 
 async def test_a_name_that_resolves_to_nothing_listening_is_a_connect_error() -> None:
     with pytest.raises(httpcore.ConnectError):
-        await AsyncioBackend().connect_tcp("localhost", _refused_port(), timeout=JOIN_TIMEOUT)
+        await AsyncioBackend().connect_tcp("localhost", refused_port(), timeout=JOIN_TIMEOUT)
 
 
 async def test_closing_from_another_task_ends_a_waiting_read(
@@ -424,7 +301,7 @@ async def test_closing_from_another_task_ends_a_waiting_read(
     with pytest.raises(httpcore.ReadError):
         await asyncio.wait_for(reading, JOIN_TIMEOUT)
     # The descriptor number is free again and no longer registered: a new socket may take it.
-    again = serve(_echo_line)
+    again = serve(echo_line)
     fresh = await backend.connect_tcp("127.0.0.1", again.port, timeout=JOIN_TIMEOUT)
     await fresh.write(b"fresh\n", timeout=JOIN_TIMEOUT)
     assert await _read_until(fresh, b"\n") == b"FRESH\n"
@@ -449,7 +326,7 @@ async def test_a_silent_first_address_does_not_hold_up_the_next(
     unanswered_port: int, serve: Callable[..., OneShotServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A name whose first address never answers (broken IPv6 on a dual-stack host, say).
-    server = serve(_echo_line)
+    server = serve(echo_line)
     _resolve_to(monkeypatch, unanswered_port, server.port)
     before = _open_descriptors()
     stream = await AsyncioBackend().connect_tcp("dual.test", 80, timeout=JOIN_TIMEOUT)
@@ -464,7 +341,7 @@ async def test_a_silent_first_address_does_not_hold_up_the_next(
 async def test_when_every_address_fails_the_last_error_is_raised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ports = (_refused_port(), _refused_port())
+    ports = (refused_port(), refused_port())
     _resolve_to(monkeypatch, *ports)
     with pytest.raises(httpcore.ConnectError, match=str(ports[1])):
         await AsyncioBackend().connect_tcp("two.test", 80, timeout=JOIN_TIMEOUT)
@@ -476,7 +353,7 @@ async def test_when_every_address_fails_the_last_error_is_raised(
 async def test_the_connect_timeout_covers_every_address(
     unanswered_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _resolve_to(monkeypatch, unanswered_port, _refused_port())
+    _resolve_to(monkeypatch, unanswered_port, refused_port())
     before = _open_descriptors()
     with pytest.raises(httpcore.ConnectTimeout):
         await AsyncioBackend().connect_tcp("slow.test", 80, timeout=0.6)
@@ -493,7 +370,7 @@ async def test_names_the_resolver_refuses_are_connect_errors(host: str) -> None:
 async def test_is_readable_without_poll(
     serve: Callable[..., OneShotServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = serve(_echo_line)
+    server = serve(echo_line)
     stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
     monkeypatch.delattr(select, "poll")  # as on Windows
     assert not stream.get_extra_info("is_readable")
@@ -531,9 +408,9 @@ async def test_a_slow_address_still_wins_when_the_others_fail(
     slow = socket.socket()
     slow.bind(("127.0.0.1", 0))
     slow.listen(0)
-    fillers = _fill_queue(slow)
+    fillers = fill_queue(slow)
     slow_port = slow.getsockname()[1]
-    _resolve_to(monkeypatch, slow_port, _refused_port())
+    _resolve_to(monkeypatch, slow_port, refused_port())
 
     def drain() -> None:
         slow.settimeout(JOIN_TIMEOUT)
