@@ -375,6 +375,29 @@ def test_outside_the_mesh_is_plain_httpx(kind: str, upstreams: dict[str, Upstrea
     assert isinstance(error, httpx.ConnectError)
 
 
+def test_headers_h11_refuses_fail_as_with_bare_httpx(
+    kind: str, upstreams: dict[str, Upstream]
+) -> None:
+    # The transport hands h11 headers it has checked itself: what it cannot vouch for must
+    # still reach h11 and fail there, with bare httpx's exception and message.
+    runtime = make_runtime(both(upstreams))
+    odd_but_legal = {"x-tabs": "a b\tc", "x-utf8": "café".encode(), "content-length": "2"}
+    evil = {"x-evil": "a\r\nInjected: 1"}
+    ok, refused = run_requests(
+        kind,
+        runtime,
+        [("POST", f"{URL}/h", {"headers": odd_but_legal, "content": b"hi"}),
+         ("GET", f"{URL}/h", {"headers": evil})],
+    )  # fmt: skip
+    assert isinstance(ok, httpx.Response), ok
+    seen = ok.json()["headers"]
+    assert (seen["x-tabs"], seen["x-utf8"], seen["content-length"]) == ("a b\tc", "café", "2")
+    with httpx.Client() as bare, pytest.raises(httpx.LocalProtocolError) as expected:
+        bare.get(f"http://127.0.0.1:{upstreams['v1'].port}/h", headers=evil)
+    assert isinstance(refused, httpx.LocalProtocolError)
+    assert str(refused) == str(expected.value)
+
+
 def test_bad_url_and_closed_transport(upstreams: dict[str, Upstream]) -> None:
     runtime = make_runtime(both(upstreams))
     transport = MeshTransport(runtime)
