@@ -18,9 +18,9 @@ __all__ = [
     "RawHeaders",
     "attempt_timeouts",
     "build_call",
-    "checked_headers",
     "core_request",
     "failure_kind",
+    "listed_headers",
     "local_response",
     "raise_for",
     "response_info",
@@ -134,8 +134,69 @@ def _host_and_length(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, int]:
     return host, length
 
 
-def upstream_headers(raw: list[tuple[bytes, bytes]], attempt: Attempt) -> list[tuple[bytes, bytes]]:
-    """The request headers for one attempt: remove, then set (overwrite), then add (Envoy)."""
+def upstream_headers(
+    raw: list[tuple[bytes, bytes]], attempt: Attempt
+) -> Sequence[tuple[bytes, bytes]]:
+    """The request headers for one attempt: remove, then set (overwrite), then add (Envoy).
+
+    As h11's own ``Headers`` when every header is one h11 would take as it is, else the plain
+    list (``listed_headers``). h11 validates and normalises a list of headers on every request:
+    a Python function, two regular expressions and a lowercased copy per header, about 2 µs each
+    on the bench machine (8 to 10 headers a request). Its own ``Headers`` it takes as they are,
+    as its parser hands them over. Here a header is checked the same way the first time it
+    comes and remembered (credentials excepted). What this does not vouch for (an illegal
+    character, ``transfer-encoding``, a listed or repeated ``content-length``) goes to h11 in
+    the plain list, so that h11 refuses or normalises it inside httpcore, with the errors bare
+    httpx raises.
+    """
+    if _H11_HEADERS is None:  # pragma: no cover - another h11 layout
+        return listed_headers(raw, attempt)
+    checked = _CHECKED
+    own = []
+    for text in attempt.set_headers:
+        item = checked.get(text) or _remember(text, _name(text[0]), text[1].encode("latin-1"))
+        if item is None:
+            return listed_headers(raw, attempt)
+        own.append(item)
+    drop = {item[1] for item in own}
+    for name in attempt.remove_headers:
+        drop.add(_name(name).lower())
+    items = []
+    authority = attempt.authority
+    if authority is not None:
+        drop.add(b"host")
+        host = _check(b"Host", authority.encode("ascii"))
+        if host is None:
+            return listed_headers(raw, attempt)
+        items.append(host)
+    for pair in raw:
+        item = checked.get(pair) or _remember(pair, *pair)
+        if item is None:
+            return listed_headers(raw, attempt)
+        if item[1] not in drop:
+            items.append(item)
+    items += own
+    for text in attempt.add_headers:
+        item = checked.get(text) or _remember(text, _name(text[0]), text[1].encode("latin-1"))
+        if item is None:
+            return listed_headers(raw, attempt)
+        items.append(item)
+    headers = _h11_headers(items)
+    return listed_headers(raw, attempt) if headers is None else headers
+
+
+def _h11_headers(items: list[tuple[bytes, bytes, bytes]]) -> Sequence[tuple[bytes, bytes]] | None:
+    """h11's ``Headers`` of ``items``; ``None`` with more than one ``content-length``, which h11
+    merges when equal and refuses otherwise."""
+    lengths = 0
+    for item in items:
+        if item[1] == _CONTENT_LENGTH:
+            lengths += 1
+    return _H11_HEADERS(items) if lengths < 2 else None
+
+
+def listed_headers(raw: list[tuple[bytes, bytes]], attempt: Attempt) -> list[tuple[bytes, bytes]]:
+    """``upstream_headers`` as a plain list, which h11 checks and normalises itself."""
     encoded = [(_name(name), value.encode("latin-1")) for name, value in attempt.set_headers]
     drop = {name.lower() for name, _ in encoded}
     for name in attempt.remove_headers:
@@ -173,7 +234,14 @@ _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _CONTENT_LENGTH = b"content-length"
 _CONTENT_LENGTH_MAX_DIGITS = 20  # h11's bound
 _TRANSFER_ENCODING = b"transfer-encoding"
-_LOWER_NAMES: dict[bytes, bytes] = {}
+_CHECKED: dict[tuple[str, str] | tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
+"""Headers checked already, the caller's as bytes and the mesh's own as text: (name, value) ->
+h11's (raw name, lowercased name, value)."""
+_CHECKED_LIMIT = 1024
+"""Most headers repeat from request to request; unique ones (request ids, trace context) are
+checked each time they come and make the memory start again once it is full."""
+_UNREMEMBERED = frozenset((b"authorization", b"proxy-authorization", b"cookie"))
+"""Credentials are checked every time, never kept beyond their request."""
 
 
 def _h11_headers_class() -> Any:
@@ -189,41 +257,30 @@ def _h11_headers_class() -> Any:
 _H11_HEADERS: Any = _h11_headers_class()
 
 
-def checked_headers(headers: list[tuple[bytes, bytes]]) -> Sequence[tuple[bytes, bytes]]:
-    """``headers`` as h11's own ``Headers``, checked as h11 checks them, so it does not again.
+def _check(name: bytes, value: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """h11's triple for one header, or ``None`` where h11 itself should judge it."""
+    if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
+        return None
+    lower = name.lower()
+    if lower == _TRANSFER_ENCODING:
+        return None
+    if lower == _CONTENT_LENGTH and (
+        # One plain number is what h11 keeps as it is; a list it merges.
+        not value.isdigit() or len(value) > _CONTENT_LENGTH_MAX_DIGITS
+    ):
+        return None
+    return (name, lower, value)
 
-    h11 validates and normalises a list of headers on every request, a Python function and two
-    regular expressions per header (about 2 µs each on the bench machine, 8 to 10 headers per
-    request). Here a name is checked and lowercased once per process and a value costs one
-    regular expression. Whatever this does not vouch for (an illegal character, a
-    ``transfer-encoding``, an unusual ``content-length``) goes to h11 as the plain list, so
-    that h11 refuses or normalises it inside httpcore, with the errors bare httpx raises.
-    """
-    if _H11_HEADERS is None:  # pragma: no cover - another h11 layout
-        return headers
-    names = _LOWER_NAMES
-    items = []
-    content_length = False
-    for name, value in headers:
-        lower = names.get(name)
-        if lower is None:
-            if _TOKEN.fullmatch(name) is None:
-                return headers
-            lower = name.lower()
-            if len(names) >= _NAME_CACHE_LIMIT:
-                names.clear()
-            names[name] = lower
-        if _FIELD_VALUE.fullmatch(value) is None:
-            return headers
-        if lower == _CONTENT_LENGTH:
-            # One plain number is what h11 keeps as it is; a list or a second one it merges.
-            if content_length or not value.isdigit() or len(value) > _CONTENT_LENGTH_MAX_DIGITS:
-                return headers
-            content_length = True
-        elif lower == _TRANSFER_ENCODING:
-            return headers
-        items.append((name, lower, value))
-    return _H11_HEADERS(items)  # type: ignore[no-any-return]
+
+def _remember(
+    key: tuple[str, str] | tuple[bytes, bytes], name: bytes, value: bytes
+) -> tuple[bytes, bytes, bytes] | None:
+    item = _check(name, value)
+    if item is not None and item[1] not in _UNREMEMBERED:
+        if len(_CHECKED) >= _CHECKED_LIMIT:
+            _CHECKED.clear()
+        _CHECKED[key] = item
+    return item
 
 
 def core_request(

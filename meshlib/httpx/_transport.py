@@ -30,7 +30,6 @@ from meshlib.httpx._common import (
     RawHeaders,
     attempt_timeouts,
     build_call,
-    checked_headers,
     core_request,
     failure_kind,
     local_response,
@@ -173,7 +172,7 @@ class _Base:
             endpoint.address.encode("ascii"),
             endpoint.port,
             request.url.raw_path if path is None else path.encode("ascii"),
-            checked_headers(upstream_headers(request.headers.raw, attempt)),
+            upstream_headers(request.headers.raw, attempt),
             request.stream,
             {
                 "timeout": attempt_timeouts(

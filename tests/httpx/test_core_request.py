@@ -6,11 +6,14 @@ from collections.abc import Sequence
 
 import h11
 import httpcore
+import pytest
 from h11._headers import Headers as H11Headers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshlib.httpx._common import checked_headers, core_request
+from meshlib._model.commands import Attempt
+from meshlib._model.endpoint import Endpoint
+from meshlib.httpx._common import _CHECKED, core_request, listed_headers, upstream_headers
 
 
 def test_same_attributes_as_the_checked_constructors() -> None:
@@ -32,7 +35,7 @@ def test_same_attributes_as_the_checked_constructors() -> None:
     assert fast.url == checked.url
 
 
-# --- checked_headers: what it hands h11 is what h11 would have made of the list itself ------
+# --- upstream_headers: what it hands h11 is what h11 would have made of the list itself -----
 
 _NAME_BYTES = st.sampled_from(
     [b"a", b"Z", b"-", b"_", b"~", b"!", b"0", b" ", b":", b"\x00", b"\r", b"\n", b"\x7f", b"\xe9"]
@@ -40,17 +43,18 @@ _NAME_BYTES = st.sampled_from(
 _VALUE_BYTES = st.sampled_from(
     [b"a", b"1", b" ", b"\t", b",", b"\x00", b"\r", b"\n", b"\x0b", b"\x01", b"\x7f", b"\xff"]
 )
-_NAMES = st.one_of(
-    st.sampled_from(
-        [b"Host", b"content-length", b"Content-Length", b"transfer-encoding", b"X-Custom"]
-    ),
-    st.lists(_NAME_BYTES, max_size=6).map(b"".join),
-)
+_KNOWN_NAMES = [b"Host", b"content-length", b"Content-Length", b"transfer-encoding", b"X-Custom"]
+_NAMES = st.one_of(st.sampled_from(_KNOWN_NAMES), st.lists(_NAME_BYTES, max_size=6).map(b"".join))
 _VALUES = st.one_of(
     st.sampled_from([b"5", b"05", b"5, 5", b"5,6", b"", b"chunked", b"x" * 21, b"1" * 21]),
     st.lists(_VALUE_BYTES, max_size=8).map(b"".join),
 )
 _HEADER_LISTS = st.lists(st.tuples(_NAMES, _VALUES), max_size=5)
+_TEXT = st.sampled_from(
+    ["x-custom", "Content-Length", "host", "x-set", "bad name", "authorization"]
+)
+_TEXT_VALUES = st.sampled_from(["1", "a b", " padded", "a\r\nb", "", "é", "secret"])
+_OPS = st.lists(st.tuples(_TEXT, _TEXT_VALUES), max_size=2)
 
 
 def _h11_view(headers: Sequence[tuple[bytes, bytes]]) -> object:
@@ -64,15 +68,52 @@ def _h11_view(headers: Sequence[tuple[bytes, bytes]]) -> object:
     return [(raw, name, value) for (raw, _), (name, value) in pairs]
 
 
-@settings(max_examples=400, deadline=None)
-@given(_HEADER_LISTS)
-def test_checked_headers_agree_with_h11(headers: list[tuple[bytes, bytes]]) -> None:
-    checked = checked_headers(headers)
-    if checked is headers:
-        return  # handed over as the plain list: h11 checks it itself
-    assert isinstance(checked, H11Headers)
+def _attempt(
+    set_headers: list[tuple[str, str]] = [],  # noqa: B006 - read only
+    add_headers: list[tuple[str, str]] = [],  # noqa: B006
+    remove_headers: list[str] = [],  # noqa: B006
+    authority: str | None = None,
+) -> Attempt:
+    return Attempt(
+        Endpoint("10.0.0.1", 9080),
+        1,
+        None,
+        set_headers=set_headers,
+        add_headers=add_headers,
+        remove_headers=remove_headers,
+        authority=authority,
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    _HEADER_LISTS,
+    _OPS,
+    _OPS,
+    st.lists(_TEXT, max_size=2),
+    st.sampled_from([None, "ratings", "bad host\r"]),
+)
+def test_upstream_headers_are_what_h11_makes_of_the_list(
+    raw: list[tuple[bytes, bytes]],
+    set_headers: list[tuple[str, str]],
+    add_headers: list[tuple[str, str]],
+    remove_headers: list[str],
+    authority: str | None,
+) -> None:
+    attempt = _attempt(set_headers, add_headers, remove_headers, authority)
+    try:
+        listed = listed_headers(raw, attempt)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):  # the same refusal either way
+            upstream_headers(raw, attempt)
+        return
+    headers = upstream_headers(raw, attempt)
+    if isinstance(headers, list):
+        assert headers == listed  # handed over as the plain list: h11 judges it itself
+        return
+    assert isinstance(headers, H11Headers)
     # h11 takes its own Headers as they are: they must be what it would have built.
-    assert _h11_view(checked) == _h11_view(headers)
+    assert _h11_view(headers) == _h11_view(listed)
 
 
 def test_usual_headers_are_vouched_for_and_doubtful_ones_left_to_h11() -> None:
@@ -80,13 +121,21 @@ def test_usual_headers_are_vouched_for_and_doubtful_ones_left_to_h11() -> None:
         (b"Host", b"reviews"),
         (b"Accept", b"*/*"),
         (b"Content-Length", b"12"),
-        (b"x-envoy-attempt-count", b"1"),
+        (b"x-gone", b"1"),
         (b"x-b3-tags", b"a b\tc"),
     ]
-    checked = checked_headers(usual)
-    assert isinstance(checked, H11Headers)
-    assert checked.raw_items() == usual
-    assert next(iter(checked)) == (b"host", b"reviews")
+    attempt = _attempt([("x-envoy-attempt-count", "1")], [("x-add", "2")], ["X-Gone"], "ratings")
+    headers = upstream_headers(usual, attempt)
+    assert isinstance(headers, H11Headers)
+    assert headers.raw_items() == [
+        (b"Host", b"ratings"),
+        (b"Accept", b"*/*"),
+        (b"Content-Length", b"12"),
+        (b"x-b3-tags", b"a b\tc"),
+        (b"x-envoy-attempt-count", b"1"),
+        (b"x-add", b"2"),
+    ]
+    assert next(iter(headers)) == (b"host", b"ratings")
     for doubtful in (
         [(b"x-evil", b"a\r\nInjected: 1")],
         [(b"bad name", b"1")],
@@ -96,4 +145,23 @@ def test_usual_headers_are_vouched_for_and_doubtful_ones_left_to_h11() -> None:
         [(b"Content-Length", b"1"), (b"content-length", b"1")],
         [(b"Content-Length", b"1" * 21)],
     ):
-        assert checked_headers(doubtful) is doubtful
+        assert upstream_headers(doubtful, _attempt()) == doubtful
+    assert isinstance(upstream_headers([], _attempt([("x-evil", "a\nb")])), list)
+    assert isinstance(upstream_headers([], _attempt(add_headers=[("x-evil", "a\nb")])), list)
+    assert isinstance(upstream_headers([], _attempt(authority="a\r\nb")), list)
+
+
+def test_credentials_are_not_remembered() -> None:
+    secret = (b"Authorization", b"Bearer one-time-token")
+    assert isinstance(upstream_headers([secret, (b"Accept", b"*/*")], _attempt()), H11Headers)
+    assert secret not in _CHECKED
+    assert (b"Accept", b"*/*") in _CHECKED
+
+
+def test_the_memory_starts_again_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("meshlib.httpx._common._CHECKED_LIMIT", 2)
+    _CHECKED.clear()
+    for number in range(5):
+        upstream_headers([(b"x-request-id", str(number).encode())], _attempt())
+        assert len(_CHECKED) <= 2
+    assert (b"x-request-id", b"4") in _CHECKED
