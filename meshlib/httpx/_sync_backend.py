@@ -3,9 +3,10 @@
 httpcore's ``SyncStream`` gives the socket its timeout again before every read and write. With a
 timeout set, CPython switches the descriptor's blocking mode on each of those calls (an
 ``ioctl``), waits in ``poll`` before every TLS write, and the errors pass through a generator
-based context manager. On the bench's mTLS request that is 10 system calls where 6 do the work.
-Here the socket is non-blocking from the start: a read or write is tried at once, and only one
-that would block waits in ``poll`` for the time its timeout has left.
+based context manager. Here the socket is non-blocking from the start: a read or write is tried
+at once, and only one that would block waits in ``poll`` for the time its timeout has left. On
+the bench's mTLS request: 7 system calls (the idle check, the write, the wait for the answer,
+two reads per TLS record) where httpcore's stream makes 10 to 12.
 """
 
 from __future__ import annotations
