@@ -154,7 +154,7 @@ def upstream_headers(
     checked = _CHECKED
     own = []
     for text in attempt.set_headers:
-        item = checked.get(text) or _remember(text, _name(text[0]), text[1].encode("latin-1"))
+        item = _checked_text(text)
         if item is None:
             return listed_headers(raw, attempt)
         own.append(item)
@@ -170,14 +170,14 @@ def upstream_headers(
             return listed_headers(raw, attempt)
         items.append(host)
     for pair in raw:
-        item = checked.get(pair) or _remember(pair, *pair)
+        item = checked.get(pair) or _remember(checked, pair, *pair)
         if item is None:
             return listed_headers(raw, attempt)
         if item[1] not in drop:
             items.append(item)
     items += own
     for text in attempt.add_headers:
-        item = checked.get(text) or _remember(text, _name(text[0]), text[1].encode("latin-1"))
+        item = _checked_text(text)
         if item is None:
             return listed_headers(raw, attempt)
         items.append(item)
@@ -185,7 +185,7 @@ def upstream_headers(
     return listed_headers(raw, attempt) if headers is None else headers
 
 
-def _h11_headers(items: list[tuple[bytes, bytes, bytes]]) -> Sequence[tuple[bytes, bytes]] | None:
+def _h11_headers(items: list[_Checked]) -> Sequence[tuple[bytes, bytes]] | None:
     """h11's ``Headers`` of ``items``; ``None`` with more than one ``content-length``, which h11
     merges when equal and refuses otherwise."""
     lengths = 0
@@ -234,9 +234,13 @@ _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _CONTENT_LENGTH = b"content-length"
 _CONTENT_LENGTH_MAX_DIGITS = 20  # h11's bound
 _TRANSFER_ENCODING = b"transfer-encoding"
-_CHECKED: dict[tuple[str, str] | tuple[bytes, bytes], tuple[bytes, bytes, bytes]] = {}
-"""Headers checked already, the caller's as bytes and the mesh's own as text: (name, value) ->
-h11's (raw name, lowercased name, value)."""
+_Checked = tuple[bytes, bytes, bytes]
+"""h11's form of one header: (raw name, lowercased name, value)."""
+_CHECKED: dict[tuple[bytes, bytes], _Checked] = {}
+"""The caller's headers checked already, by (name, value)."""
+_CHECKED_TEXT: dict[tuple[str, str], _Checked] = {}
+"""The mesh's own (route and telemetry) headers checked already, by their text. Apart from
+``_CHECKED``: a text key equal in hash to a bytes key would compare str with bytes."""
 _CHECKED_LIMIT = 1024
 """Most headers repeat from request to request; unique ones (request ids, trace context) are
 checked each time they come and make the memory start again once it is full."""
@@ -257,7 +261,7 @@ def _h11_headers_class() -> Any:
 _H11_HEADERS: Any = _h11_headers_class()
 
 
-def _check(name: bytes, value: bytes) -> tuple[bytes, bytes, bytes] | None:
+def _check(name: bytes, value: bytes) -> _Checked | None:
     """h11's triple for one header, or ``None`` where h11 itself should judge it."""
     if _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
         return None
@@ -272,14 +276,19 @@ def _check(name: bytes, value: bytes) -> tuple[bytes, bytes, bytes] | None:
     return (name, lower, value)
 
 
-def _remember(
-    key: tuple[str, str] | tuple[bytes, bytes], name: bytes, value: bytes
-) -> tuple[bytes, bytes, bytes] | None:
+def _remember(memory: dict[Any, _Checked], key: Any, name: bytes, value: bytes) -> _Checked | None:
     item = _check(name, value)
     if item is not None and item[1] not in _UNREMEMBERED:
-        if len(_CHECKED) >= _CHECKED_LIMIT:
-            _CHECKED.clear()
-        _CHECKED[key] = item
+        if len(memory) >= _CHECKED_LIMIT:
+            memory.clear()
+        memory[key] = item
+    return item
+
+
+def _checked_text(text: tuple[str, str]) -> _Checked | None:
+    item = _CHECKED_TEXT.get(text)
+    if item is None:
+        item = _remember(_CHECKED_TEXT, text, _name(text[0]), text[1].encode("latin-1"))
     return item
 
 
@@ -307,7 +316,7 @@ def core_request(
     request = _new_request()
     request.method = method
     request.url = url
-    request.headers = headers  # type: ignore[assignment]  # checked_headers: h11's own sequence
+    request.headers = headers  # type: ignore[assignment]  # upstream_headers: maybe h11's own
     request.stream = stream
     request.extensions = extensions
     return request

@@ -312,7 +312,7 @@ class MeshTransport(httpx.BaseTransport):
         self.runtime = runtime
         self._pools = SyncPools(max_idle_per_endpoint)
         self._executor: ThreadPoolExecutor | None = None
-        self._backend: Any = SyncBackend()
+        self._backend = SyncBackend()
         """Every connection's sockets (mTLS ones through the identity's backend around it)."""
 
     def _factory(self, key: PoolKey) -> Any:
