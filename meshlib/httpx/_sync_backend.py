@@ -24,6 +24,7 @@ import httpcore
 __all__ = [
     "SyncBackend",
     "SyncStream",
+    "answer_may_wait",
     "extra_info",
     "readable",
     "try_handshake",
@@ -111,6 +112,15 @@ def try_handshake(sock: ssl.SSLSocket) -> bool | None:
     return None
 
 
+def answer_may_wait(sock: socket.socket, timeout: float | None) -> bool:
+    """Whether the first read after a write may wait for the socket before it tries: not when
+    OpenSSL holds decrypted bytes already (the rest of a record an earlier read did not take:
+    the socket would never turn readable for them), nor with no time to wait at all."""
+    if timeout is not None and timeout <= 0:
+        return False
+    return not (isinstance(sock, ssl.SSLSocket) and sock.pending())
+
+
 def extra_info(sock: socket.socket, info: str) -> Any:
     """httpcore's ``get_extra_info`` of a stream over ``sock``."""
     if info == "is_readable":  # first: asked before every request on a kept connection
@@ -158,8 +168,9 @@ class SyncStream(httpcore.NetworkStream):
                 # fail, and OpenSSL's want-read error costs more CPU than this wait (measured:
                 # about 20 µs per request on the bench machine).
                 self._answer_due = False
-                deadline = _deadline(timeout)
-                _wait(sock, False, deadline)
+                if answer_may_wait(sock, timeout):
+                    deadline = _deadline(timeout)
+                    _wait(sock, False, deadline)
             while True:
                 wait = try_read(sock, max_bytes)
                 if not isinstance(wait, bool):

@@ -110,6 +110,33 @@ async def test_read_and_write_timeouts(serve: Callable[..., OneShotServer]) -> N
     await stream.aclose()
 
 
+async def test_a_read_after_a_write_takes_what_openssl_holds_already(
+    serve: Callable[..., OneShotServer], pki: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """As for the sync backend: the rest of a record is in OpenSSL, not on the socket."""
+    server_context, client_context = pki
+    done = threading.Event()
+
+    def one_record_per_ping(conn: socket.socket) -> None:
+        conn.recv(1024)
+        conn.sendall(b"x" * 16_000)  # one TLS record
+        conn.recv(1024)
+        done.wait(JOIN_TIMEOUT)
+
+    server = serve(one_record_per_ping, server_context)
+    backend = AsyncioBackend()
+    plain = await backend.connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    stream = await plain.start_tls(client_context, HOST, timeout=JOIN_TIMEOUT)
+    try:
+        await stream.write(b"ping", timeout=JOIN_TIMEOUT)
+        assert await stream.read(100, timeout=JOIN_TIMEOUT) == b"x" * 100
+        await stream.write(b"ping", timeout=JOIN_TIMEOUT)
+        assert await stream.read(100, timeout=2.0) == b"x" * 100  # nothing more is sent
+    finally:
+        done.set()
+        await stream.aclose()
+
+
 async def test_reset_by_peer_is_a_read_error(serve: Callable[..., OneShotServer]) -> None:
     def reset(conn: socket.socket) -> None:
         conn.recv(16)

@@ -160,6 +160,47 @@ def test_a_record_cut_short_times_out(
         stream.close()
 
 
+def _one_record_per_ping(done: threading.Event) -> Callable[[socket.socket], None]:
+    def script(conn: socket.socket) -> None:
+        conn.recv(1024)
+        conn.sendall(b"x" * 16_000)  # one TLS record
+        conn.recv(1024)
+        done.wait(JOIN_TIMEOUT)
+
+    return script
+
+
+def test_a_read_after_a_write_takes_what_openssl_holds_already(
+    serve: Callable[..., OneShotServer], pki: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """The rest of a record an earlier read left is decrypted in OpenSSL already: the socket
+    never turns readable for it, so the read after the next write must not wait for that."""
+    server_context, client_context = pki
+    done = threading.Event()
+    server = serve(_one_record_per_ping(done), server_context)
+    plain = SyncBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    stream = plain.start_tls(client_context, HOST, timeout=JOIN_TIMEOUT)
+    try:
+        stream.write(b"ping", timeout=JOIN_TIMEOUT)
+        assert stream.read(100, timeout=JOIN_TIMEOUT) == b"x" * 100
+        stream.write(b"ping", timeout=JOIN_TIMEOUT)
+        assert stream.read(100, timeout=2.0) == b"x" * 100  # the server sends nothing more
+    finally:
+        done.set()
+        stream.close()
+
+
+def test_a_read_with_no_time_after_a_write_still_tries(
+    serve: Callable[..., OneShotServer],
+) -> None:
+    server = serve(echo_line)
+    stream = SyncBackend().connect_tcp("127.0.0.1", server.port, timeout=JOIN_TIMEOUT)
+    stream.write(b"now\n", timeout=JOIN_TIMEOUT)
+    select.select([stream.get_extra_info("socket")], [], [], JOIN_TIMEOUT)  # the answer is in
+    assert stream.read(1024, timeout=0) == b"NOW\n"
+    stream.close()
+
+
 def test_reset_by_peer_is_a_read_and_write_error(serve: Callable[..., OneShotServer]) -> None:
     def reset(conn: socket.socket) -> None:
         conn.recv(16)
@@ -215,6 +256,7 @@ def test_is_readable_without_poll(
     assert not stream.get_extra_info("is_readable")
     stream.write(b"x\n", timeout=JOIN_TIMEOUT)
     assert _read_until(stream, b"\n") == b"X\n"  # the waits go through select() too
+    assert stream.read(1024, timeout=JOIN_TIMEOUT) == b""  # the server closed (a race before)
     assert stream.get_extra_info("is_readable")  # EOF
     stream.close()
 
